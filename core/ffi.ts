@@ -1,0 +1,118 @@
+/**
+ * The only `Deno.dlopen` of the native core: one typed symbol table, opened once per process.
+ *
+ * Each entry mirrors an `export fn` in zig/src/api.zig; comments give the C-side types. The library
+ * is checked on open: its ABI version and struct layouts must be the ones this file was written for,
+ * so a stale build fails with a clear error instead of corrupting memory.
+ *
+ * @module
+ */
+import { SparrowError } from "./errors.ts";
+import { findNativeLibrary } from "./native_lib.ts";
+
+/** C ABI version this file speaks (`abi_version` in zig/src/api.zig). */
+export const coreAbiVersion = 1;
+/** Plugin table version (`api_version` in zig/src/backend_api.zig). */
+export const pluginApiVersion = 1;
+/** Model description version (`desc_version` in zig/src/engine/model_desc.zig). */
+export const modelDescVersion = 1;
+
+/** Struct sizes this side writes; checked against the library's own (`sp_layout`). */
+export const layout = {
+  tensorDesc: 112,
+  modelDesc: 392,
+  layerDesc: 1008,
+  sessionOptions: 16,
+} as const;
+
+const symbols = {
+  /** u32 sp_abi_version(void) */
+  sp_abi_version: { parameters: [], result: "u32" },
+  /** void sp_layout(u64 out[7]) */
+  sp_layout: { parameters: ["buffer"], result: "void" },
+  /** u64 sp_dtype_row_bytes(u32 dtype, u64 n) */
+  sp_dtype_row_bytes: { parameters: ["u32", "u64"], result: "u64" },
+  /** u64 sp_last_error(Model* model_or_null, Session* session_or_null, u8* buf, u64 cap) */
+  sp_last_error: { parameters: ["pointer", "pointer", "buffer", "u64"], result: "u64" },
+  /** i32 sp_model_open(const u8* path, u64 path_len, const u8* desc, u64 desc_len, Model** out) */
+  sp_model_open: { parameters: ["buffer", "u64", "buffer", "u64", "buffer"], result: "i32" },
+  /** i32 sp_model_close(Model* model) */
+  sp_model_close: { parameters: ["pointer"], result: "i32" },
+  /** i32 sp_session_create(Model* model, const BackendApi* table, const SessionOptions* opts, Session** out) */
+  sp_session_create: { parameters: ["pointer", "pointer", "buffer", "buffer"], result: "i32" },
+  /** i32 sp_session_destroy(Session* session) */
+  sp_session_destroy: { parameters: ["pointer"], result: "i32" },
+  /** u32* sp_session_tokens(Session* session): (max_batch,) token input buffer */
+  sp_session_tokens: { parameters: ["pointer"], result: "pointer" },
+  /** f32* sp_session_logits(Session* session): (vocab,) or (max_batch, vocab) */
+  sp_session_logits: { parameters: ["pointer"], result: "pointer" },
+  /** void sp_session_info(Session* session, u64 out[6]) */
+  sp_session_info: { parameters: ["pointer", "buffer"], result: "void" },
+  /** i32 sp_eval(Session* session, u32 n_tokens, u32 pos0), on a worker thread */
+  sp_eval: { parameters: ["pointer", "u32", "u32"], result: "i32", nonblocking: true },
+  /** The same function, called on the JS thread: ~40 µs less per call, but blocks the event loop. */
+  sp_eval_sync: { name: "sp_eval", parameters: ["pointer", "u32", "u32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The opened core library's symbols. */
+export type CoreSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+let opened: { lib: Deno.DynamicLibrary<typeof symbols>; path: string } | undefined;
+
+/**
+ * Opens the core library (once per process) and checks its ABI.
+ *
+ * @returns The typed symbols.
+ * @throws {SparrowError} `native_library_missing` if it cannot be found or built, `abi_mismatch` if
+ * it was built from other sources than this TypeScript.
+ */
+export function core(): CoreSymbols {
+  if (opened) return opened.lib.symbols;
+  const path = findNativeLibrary("sparrow_core");
+  let lib: Deno.DynamicLibrary<typeof symbols>;
+  try {
+    lib = Deno.dlopen(path, symbols);
+  } catch (e) {
+    throw new SparrowError("native_library_missing", `cannot load ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  const abi = lib.symbols.sp_abi_version();
+  const got = new BigUint64Array(7);
+  lib.symbols.sp_layout(got);
+  const want = [
+    coreAbiVersion,
+    pluginApiVersion,
+    modelDescVersion,
+    layout.tensorDesc,
+    layout.modelDesc,
+    layout.layerDesc,
+    layout.sessionOptions,
+  ];
+  if (abi !== coreAbiVersion || want.some((w, i) => BigInt(w) !== got[i])) {
+    lib.close();
+    throw new SparrowError(
+      "abi_mismatch",
+      `${path} was built from different sources (ABI/layout [${[...got].join(", ")}], expected [${
+        want.join(", ")
+      }]); rebuild it with \`zig build -Doptimize=ReleaseFast\` in zig/`,
+    );
+  }
+  opened = { lib, path };
+  return lib.symbols;
+}
+
+/** Path of the opened core library (opening it if needed). */
+export function corePath(): string {
+  core();
+  return opened!.path;
+}
+
+const errorBuf = new Uint8Array(1024);
+
+/**
+ * The core's message for the last failure on a model, a session, or (both null) the last
+ * handle-less call made on this thread.
+ */
+export function lastError(model: Deno.PointerValue, session: Deno.PointerValue): string {
+  const n = Number(core().sp_last_error(model, session, errorBuf, BigInt(errorBuf.length)));
+  return new TextDecoder().decode(errorBuf.subarray(0, Math.min(n, errorBuf.length)));
+}

@@ -1,0 +1,226 @@
+/**
+ * Loading a model: read and check the GGUF header, resolve the architecture's tensors, build the
+ * tokenizer from the file's metadata, and have the core map and validate the weights.
+ *
+ * @module
+ */
+import { loadBackend } from "./backend_loader.ts";
+import { defaultBackend } from "../backends/registry.ts";
+import { NativeModel, NativeSession } from "./engine.ts";
+import { SparrowError } from "./errors.ts";
+import { type GgufFile, readGguf } from "./gguf.ts";
+import { ggmlTypeName } from "./gguf_types.ts";
+import { type Activation, encodeModelDesc, type LlamaHparams, type RopeLayout } from "./model_desc.ts";
+import { llamaHparams, llamaTensors } from "../models/llama.ts";
+import { type GenerateOptions, type GenerationEvent, Session } from "./session.ts";
+import { type Tokenizer, tokenizerFromGguf } from "./tokenizer.ts";
+
+/** Options of {@link loadModel}; session defaults can be overridden per session. */
+export interface LoadModelOptions {
+  /** Threads per session, the calling thread included. Default: every logical CPU. */
+  threads?: number;
+  /** Backend plugin name (see backends/registry.ts). Default "cpu". */
+  backend?: string;
+  /** KV cache positions per session. Default: the model's context length, at most 4096. */
+  contextLength?: number;
+  /** Most prompt tokens evaluated per call. Default 128. */
+  batchSize?: number;
+  /** Replace the file's FFN activation (e.g. "relu" for a ReLU-fied model that does not say so). */
+  activation?: Activation;
+  /** Replace the file's RoPE pairing. */
+  ropeLayout?: RopeLayout;
+}
+
+/** Options of {@link Model.createSession}. */
+export interface SessionOptions {
+  /** Threads, the calling thread included. */
+  threads?: number;
+  /** KV cache positions. */
+  contextLength?: number;
+  /** Most prompt tokens evaluated per call. */
+  batchSize?: number;
+  /** Keep logits of every token in a batch (for evaluation); default false. */
+  allLogits?: boolean;
+}
+
+/** What a loaded model is. */
+export interface ModelInfo {
+  /** The GGUF file. */
+  path: string;
+  /** `general.name`, or the file name. */
+  name: string;
+  /** `general.architecture`. */
+  architecture: string;
+  /** Hyperparameters the engine runs with. */
+  hparams: Readonly<LlamaHparams>;
+  /** Tensor count per GGML type name, e.g. `{ Q4_1: 210, F32: 61, Q8_0: 1 }`. */
+  tensorTypes: Readonly<Record<string, number>>;
+  /** Bytes of tensor data in the file. */
+  weightBytes: number;
+  /** Size of the file. */
+  fileSize: number;
+  /** Whether the classifier reuses the token embedding. */
+  tiedEmbeddings: boolean;
+}
+
+function positiveInt(name: string, v: number, max: number): number {
+  if (!Number.isInteger(v) || v < 1 || v > max) {
+    throw new SparrowError("invalid_argument", `${name} = ${v} is outside [1, ${max}]`);
+  }
+  return v;
+}
+
+/**
+ * A loaded model: weights mapped by the core, tokenizer, and defaults for its sessions.
+ * Create with {@link loadModel}; close when done (or `using`).
+ */
+export class Model {
+  /** What the model is. */
+  readonly info: ModelInfo;
+  /** Its tokenizer, from the GGUF metadata. */
+  readonly tokenizer: Tokenizer;
+  /** The GGUF header. */
+  readonly gguf: GgufFile;
+  readonly #native: NativeModel;
+  readonly #options: Required<Omit<LoadModelOptions, "activation" | "ropeLayout">>;
+
+  /** @internal Use {@link loadModel}. */
+  constructor(gguf: GgufFile, info: ModelInfo, tokenizer: Tokenizer, native: NativeModel, options: LoadModelOptions) {
+    this.gguf = gguf;
+    this.info = info;
+    this.tokenizer = tokenizer;
+    this.#native = native;
+    this.#options = {
+      threads: positiveInt("threads", options.threads ?? navigator.hardwareConcurrency ?? 1, 256),
+      backend: options.backend ?? defaultBackend,
+      contextLength: positiveInt(
+        "contextLength",
+        options.contextLength ?? Math.min(info.hparams.contextLength, 4096),
+        1 << 20,
+      ),
+      batchSize: positiveInt("batchSize", options.batchSize ?? 128, 4096),
+    };
+  }
+
+  /** The defaults sessions of this model are created with. */
+  get defaults(): Readonly<Required<Omit<LoadModelOptions, "activation" | "ropeLayout">>> {
+    return this.#options;
+  }
+
+  /**
+   * Opens a session (KV cache, scratch, thread pool) on this model.
+   *
+   * @param options Overrides of the model's defaults.
+   * @returns A session; close it when done.
+   */
+  createSession(options: SessionOptions = {}): Session {
+    const backend = loadBackend(this.#options.backend);
+    const native = new NativeSession(this.#native, backend, {
+      contextLength: positiveInt("contextLength", options.contextLength ?? this.#options.contextLength, 1 << 20),
+      threads: positiveInt("threads", options.threads ?? this.#options.threads, 256),
+      batchSize: positiveInt("batchSize", options.batchSize ?? this.#options.batchSize, 4096),
+      allLogits: options.allLogits ?? false,
+    });
+    return new Session(native, this.tokenizer);
+  }
+
+  /**
+   * Streams a generation in a fresh session that is closed at the end.
+   *
+   * @param prompt Text or token ids.
+   * @param options Generation options.
+   */
+  async *generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GenerationEvent> {
+    using session = this.createSession();
+    yield* session.generate(prompt, options);
+  }
+
+  /**
+   * Text to token ids.
+   *
+   * @param text Text.
+   * @param options `addBos` (default: the tokenizer's) and `parseSpecial` (default false).
+   */
+  tokenize(text: string, options: { addBos?: boolean; parseSpecial?: boolean } = {}): number[] {
+    return this.tokenizer.encode(text, {
+      addBos: options.addBos ?? this.tokenizer.addBos,
+      parseSpecial: options.parseSpecial ?? false,
+    });
+  }
+
+  /**
+   * Token ids to text.
+   *
+   * @param ids Token ids.
+   */
+  detokenize(ids: readonly number[]): string {
+    return this.tokenizer.decode(ids);
+  }
+
+  /**
+   * Unmaps the model. Safe to call twice.
+   *
+   * @throws {SparrowError} `busy` while sessions on it are open.
+   */
+  close(): void {
+    this.#native.close();
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * Loads a GGUF model.
+ *
+ * @param path Path of the `.gguf` file.
+ * @param options Threads, backend, context length and overrides.
+ * @returns The model; close it when done.
+ * @throws {SparrowError} `io` for an unreadable file; `bad_model` for a corrupt file, a missing tensor
+ * or a shape that does not match; `unsupported` for another architecture or a tensor type the
+ * engine cannot compute with; `native_library_missing` when the core cannot be found or built.
+ *
+ * @example
+ * ```ts ignore
+ * import { loadModel } from "../mod.ts";
+ * using model = await loadModel("SmolLM2-135M-Instruct.Q4_1.gguf", { threads: 2 });
+ * console.log(model.info.hparams.nLayers);
+ * ```
+ */
+export function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
+  // Synchronous work today; a Promise so loading can move off the main thread without an API change.
+  return Promise.resolve().then(() => {
+    const gguf = readGguf(path);
+    const hparams = llamaHparams(gguf, { activation: options.activation, ropeLayout: options.ropeLayout });
+    const tensors = llamaTensors(gguf, hparams);
+    const tokenizer = tokenizerFromGguf(gguf.metadata, path);
+    if (tokenizer.vocabSize !== hparams.vocabSize) {
+      throw new SparrowError(
+        "bad_model",
+        `${path}: the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${hparams.vocabSize}`,
+      );
+    }
+    const tensorTypes: Record<string, number> = {};
+    let weightBytes = 0;
+    for (const t of gguf.tensors.values()) {
+      const name = ggmlTypeName(t.type);
+      tensorTypes[name] = (tensorTypes[name] ?? 0) + 1;
+      weightBytes += t.nBytes;
+    }
+    const generalName = gguf.metadata.get("general.name");
+    const info: ModelInfo = {
+      path,
+      name: typeof generalName === "string" ? generalName : path.split("/").pop()!,
+      architecture: gguf.metadata.get("general.architecture") as string,
+      hparams,
+      tensorTypes,
+      weightBytes,
+      fileSize: gguf.fileSize,
+      tiedEmbeddings: tensors.output === undefined,
+    };
+    const native = NativeModel.open(path, encodeModelDesc(hparams, tensors));
+    return new Model(gguf, info, tokenizer, native, options);
+  });
+}

@@ -1,0 +1,116 @@
+//! The core library's C ABI: the only file with `export fn`. core/ffi.ts holds the matching symbol
+//! table. Every function that can fail returns a status code (status.zig) and leaves a message in
+//! the error sink of the handle it was called on; calls without a handle use a thread-local sink,
+//! which is safe because TypeScript makes those calls synchronously on its own thread.
+const std = @import("std");
+const backend_api = @import("backend_api");
+const kernels = @import("kernels");
+const status = @import("status.zig");
+const desc = @import("engine/model_desc.zig");
+const Model = @import("engine/model.zig").Model;
+const session_mod = @import("engine/session.zig");
+const Session = session_mod.Session;
+const forward = @import("engine/forward.zig");
+
+const Status = status.Status;
+const allocator = std.heap.c_allocator;
+
+threadlocal var global_sink: status.ErrorSink = .{};
+
+/// Version of this C ABI (the functions below and the structs they take). core/ffi.ts refuses a
+/// library whose number differs, which catches a stale build after an update.
+pub const abi_version: u32 = 1;
+
+export fn sp_abi_version() u32 {
+    return abi_version;
+}
+
+/// Writes [abi_version, plugin api_version, model desc version, @sizeOf(TensorDesc),
+/// @sizeOf(ModelDesc), @sizeOf(LayerDesc), @sizeOf(SessionOptions)] for TypeScript to cross-check.
+export fn sp_layout(out: *[7]u64) void {
+    out.* = .{ abi_version, backend_api.api_version, desc.desc_version, @sizeOf(desc.TensorDesc), @sizeOf(desc.ModelDesc), @sizeOf(desc.LayerDesc), @sizeOf(session_mod.SessionOptions) };
+}
+
+/// Bytes in a row of `n` elements of type `dtype`, or 0 if not computable (unknown type, partial
+/// block). Lets the TS type table be checked against the kernels'.
+export fn sp_dtype_row_bytes(dtype: u32, n: u64) u64 {
+    const dt: kernels.DType = @enumFromInt(dtype);
+    return dt.rowBytes(n) orelse 0;
+}
+
+/// Copies the last error message of `model`, `session`, or (both null) this thread's last handle-less
+/// call into `buf`; returns the message's full length.
+export fn sp_last_error(model: ?*Model, session: ?*Session, buf: [*]u8, cap: u64) u64 {
+    const sink = if (session) |s| &s.sink else if (model) |m| &m.sink else &global_sink;
+    return sink.copyTo(buf[0..cap]);
+}
+
+export fn sp_model_open(path: [*]const u8, path_len: u64, desc_ptr: [*]const u8, desc_len: u64, out: *?*Model) i32 {
+    out.* = null;
+    return switch (Model.open(allocator, path[0..path_len], desc_ptr[0..desc_len], &global_sink)) {
+        .ok => |m| blk: {
+            out.* = m;
+            break :blk Status.ok.code();
+        },
+        .err => |s| s.code(),
+    };
+}
+
+/// Refused (busy) while sessions on the model are open.
+export fn sp_model_close(model: *Model) i32 {
+    const open_sessions = model.sessions.load(.acquire);
+    if (open_sessions != 0)
+        return model.sink.fail(.busy, "model has {d} open session(s); close them first", .{open_sessions}).code();
+    model.close();
+    return Status.ok.code();
+}
+
+export fn sp_session_create(model: *Model, table: *const backend_api.BackendApi, opts: *const session_mod.SessionOptions, out: *?*Session) i32 {
+    out.* = null;
+    return switch (Session.create(allocator, model, table, opts.*, &global_sink)) {
+        .ok => |s| blk: {
+            out.* = s;
+            break :blk Status.ok.code();
+        },
+        .err => |s| s.code(),
+    };
+}
+
+/// Refused (busy) while an eval runs on the session.
+export fn sp_session_destroy(session: *Session) i32 {
+    if (session.busy.load(.acquire))
+        return session.sink.fail(.busy, "session is evaluating; wait for it to finish", .{}).code();
+    session.destroy();
+    return Status.ok.code();
+}
+
+/// Where TypeScript writes the token ids of the next batch: (max_batch,) u32.
+export fn sp_session_tokens(session: *Session) [*]u32 {
+    return session.tokens.ptr;
+}
+
+/// Where eval leaves logits: (vocab,) or, with the all-logits flag, (max_batch, vocab) f32.
+export fn sp_session_logits(session: *Session) [*]f32 {
+    return session.logits.ptr;
+}
+
+/// Writes [n_ctx, max_batch, kv_len, vocab, allocated bytes, threads] of the session.
+export fn sp_session_info(session: *Session, out: *[6]u64) void {
+    out.* = .{ session.n_ctx, session.max_batch, session.kv_len, session.model.hp.vocab_size, session.allocatedBytes(), session.pool.threadCount() };
+}
+
+/// Evaluates the first `n_tokens` ids of the token buffer at positions pos0.. . TypeScript calls
+/// this nonblocking (on a worker thread), so it touches no JS memory.
+export fn sp_eval(session: *Session, n_tokens: u32, pos0: u32) i32 {
+    if (session.busy.cmpxchgStrong(false, true, .acq_rel, .acquire) != null)
+        return session.sink.fail(.busy, "session is already evaluating", .{}).code();
+    defer session.busy.store(false, .release);
+    session.sink.clear();
+    return forward.eval(session, n_tokens, pos0).code();
+}
+
+test {
+    std.testing.refAllDecls(@This());
+    _ = @import("engine/thread_pool.zig");
+    _ = status;
+}

@@ -1,0 +1,97 @@
+//! The plugin ABI: a backend is a shared library exporting `sparrow_backend_get`, which returns a
+//! pointer to a `BackendApi` table. TypeScript dlopens the plugin, reads the pointer and hands it to
+//! the core (`sp_session_create`); the core checks `api_version` and the required entries before use.
+//!
+//! Shape after ggml-backend: one versioned table of C-ABI functions plus an opaque context. The core,
+//! not the backend, decides what runs where and splits rows over its own thread pool: `matvec` and
+//! `matmul` compute a row range and may be called from several threads at once on disjoint ranges.
+const std = @import("std");
+
+/// Bump on any change to the layout or meaning of `BackendApi` or the structs it takes.
+pub const api_version: u32 = 1;
+
+/// The symbol every backend plugin exports: `fn () callconv(.c) *const BackendApi`.
+pub const entry_symbol = "sparrow_backend_get";
+
+pub const Op = enum(u32) {
+    matvec = 0,
+    matmul = 1,
+    sparse_matvec = 2,
+};
+
+/// A weight matrix as the core holds it: rows of `n_cols` elements of `dtype`, `row_bytes` apart.
+/// (n_rows, n_cols) in row-major order: y[r] = dot(row r, x).
+pub const WeightView = extern struct {
+    data: [*]const u8,
+    row_bytes: u64,
+    n_cols: u64,
+    n_rows: u64,
+    dtype: u32,
+    reserved: u32 = 0,
+};
+
+/// Where a backend writes a message when `init` fails (the core's ErrorSink buffer).
+pub const ErrorOut = extern struct {
+    buf: [*]u8,
+    cap: u64,
+    len: u64,
+};
+
+pub fn writeError(out: *ErrorOut, comptime fmt: []const u8, args: anytype) void {
+    const written = std.fmt.bufPrint(out.buf[0..out.cap], fmt, args) catch out.buf[0..out.cap];
+    out.len = written.len;
+}
+
+pub const InitFn = *const fn (out_ctx: *?*anyopaque, err: *ErrorOut) callconv(.c) i32;
+pub const DeinitFn = *const fn (ctx: ?*anyopaque) callconv(.c) void;
+pub const SupportsFn = *const fn (ctx: ?*anyopaque, op: u32, dtype: u32) callconv(.c) bool;
+/// The element format the kernels want the input vector in, for weights of `weight_dtype`.
+pub const ActivationDTypeFn = *const fn (ctx: ?*anyopaque, weight_dtype: u32) callconv(.c) u32;
+/// Bytes needed to hold `n` input elements prepared for weights of `weight_dtype`.
+pub const ActivationBytesFn = *const fn (ctx: ?*anyopaque, weight_dtype: u32, n: u64) callconv(.c) u64;
+/// Converts `n` f32 inputs into the activation format for `weight_dtype`, at `out`.
+pub const PrepareActivationFn = *const fn (ctx: ?*anyopaque, weight_dtype: u32, x: [*]const f32, n: u64, out: [*]u8) callconv(.c) void;
+/// y[r] = dot(w row r, act) for r in [row_begin, row_end).
+pub const MatvecFn = *const fn (ctx: ?*anyopaque, w: *const WeightView, act: [*]const u8, y: [*]f32, row_begin: u64, row_end: u64) callconv(.c) void;
+/// For each of `n_tokens` inputs t (prepared, `act_stride` bytes apart):
+/// y[t * y_stride + r] = dot(w row r, act t), for r in [row_begin, row_end).
+pub const MatmulFn = *const fn (ctx: ?*anyopaque, w: *const WeightView, act: [*]const u8, act_stride: u64, n_tokens: u64, y: [*]f32, y_stride: u64, row_begin: u64, row_end: u64) callconv(.c) void;
+pub const SyncFn = *const fn (ctx: ?*anyopaque) callconv(.c) void;
+
+pub const BackendApi = extern struct {
+    api_version: u32,
+    /// @sizeOf(BackendApi) as the plugin was built: lets a core detect a truncated table.
+    struct_size: u32,
+    name: [*:0]const u8,
+    /// Required.
+    init: ?InitFn,
+    /// Required.
+    deinit: ?DeinitFn,
+    /// Required.
+    supports: ?SupportsFn,
+    /// Required.
+    activation_dtype: ?ActivationDTypeFn,
+    /// Required.
+    activation_bytes: ?ActivationBytesFn,
+    /// Required.
+    prepare_activation: ?PrepareActivationFn,
+    /// Required.
+    matvec: ?MatvecFn,
+    /// Optional; default: the core calls `matvec` once per token.
+    matmul: ?MatmulFn,
+    /// Optional; default: nothing to wait for (the backend computes synchronously).
+    sync: ?SyncFn,
+};
+
+/// Checks a table handed over from TypeScript; on failure writes why into `why` and returns false.
+pub fn validate(api: *const BackendApi, why: []u8) ?[]const u8 {
+    if (api.api_version != api_version)
+        return std.fmt.bufPrint(why, "backend '{s}' speaks plugin api_version {d}, this core speaks {d}: rebuild the plugin and the core from the same sources", .{ std.mem.span(api.name), api.api_version, api_version }) catch why;
+    if (api.struct_size < @sizeOf(BackendApi))
+        return std.fmt.bufPrint(why, "backend '{s}' table is {d} bytes, expected {d}", .{ std.mem.span(api.name), api.struct_size, @sizeOf(BackendApi) }) catch why;
+    inline for (.{ "init", "deinit", "supports", "activation_dtype", "activation_bytes", "prepare_activation", "matvec" }) |field| {
+        if (@field(api, field) == null)
+            return std.fmt.bufPrint(why, "backend '{s}' lacks the required entry '{s}'", .{ std.mem.span(api.name), field }) catch why;
+    }
+    return null;
+}

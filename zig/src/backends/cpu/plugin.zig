@@ -1,0 +1,75 @@
+//! The `cpu` backend plugin: SIMD row kernels (kernels/dot.zig: @Vector code that LLVM lowers to
+//! AVX2/AVX-512 on x86-64 and NEON on aarch64, with scalar tails) behind the plugin ABI.
+//! Stateless: the core splits rows over its own threads and calls in concurrently.
+const std = @import("std");
+const api = @import("backend_api");
+const kernels = @import("kernels");
+const DType = kernels.DType;
+const dot = kernels.dot;
+
+fn init(out_ctx: *?*anyopaque, err: *api.ErrorOut) callconv(.c) i32 {
+    _ = err;
+    out_ctx.* = null;
+    return 0;
+}
+
+fn deinit(ctx: ?*anyopaque) callconv(.c) void {
+    _ = ctx;
+}
+
+fn supports(ctx: ?*anyopaque, op: u32, dtype: u32) callconv(.c) bool {
+    _ = ctx;
+    const known_op = op == @intFromEnum(api.Op.matvec) or op == @intFromEnum(api.Op.matmul);
+    return known_op and @as(DType, @enumFromInt(dtype)).isWeightType();
+}
+
+fn activationDType(ctx: ?*anyopaque, weight_dtype: u32) callconv(.c) u32 {
+    _ = ctx;
+    return @intFromEnum(dot.activationType(@enumFromInt(weight_dtype)));
+}
+
+fn activationBytes(ctx: ?*anyopaque, weight_dtype: u32, n: u64) callconv(.c) u64 {
+    _ = ctx;
+    return dot.activationBytes(@enumFromInt(weight_dtype), n);
+}
+
+fn prepareActivation(ctx: ?*anyopaque, weight_dtype: u32, x: [*]const f32, n: u64, out: [*]u8) callconv(.c) void {
+    _ = ctx;
+    const wt: DType = @enumFromInt(weight_dtype);
+    dot.prepareActivation(wt, x[0..n], out[0..dot.activationBytes(wt, n)]);
+}
+
+fn matvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, y: [*]f32, row_begin: u64, row_end: u64) callconv(.c) void {
+    _ = ctx;
+    const wt: DType = @enumFromInt(w.dtype);
+    for (row_begin..row_end) |r| y[r] = dot.dot(wt, w.data + r * w.row_bytes, act, w.n_cols);
+}
+
+/// Rows outer, tokens inner: each weight row is read from memory once for the whole batch.
+fn matmul(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, act_stride: u64, n_tokens: u64, y: [*]f32, y_stride: u64, row_begin: u64, row_end: u64) callconv(.c) void {
+    _ = ctx;
+    const wt: DType = @enumFromInt(w.dtype);
+    for (row_begin..row_end) |r| {
+        const row = w.data + r * w.row_bytes;
+        for (0..n_tokens) |t| y[t * y_stride + r] = dot.dot(wt, row, act + t * act_stride, w.n_cols);
+    }
+}
+
+const table = api.BackendApi{
+    .api_version = api.api_version,
+    .struct_size = @sizeOf(api.BackendApi),
+    .name = "cpu",
+    .init = init,
+    .deinit = deinit,
+    .supports = supports,
+    .activation_dtype = activationDType,
+    .activation_bytes = activationBytes,
+    .prepare_activation = prepareActivation,
+    .matvec = matvec,
+    .matmul = matmul,
+    .sync = null,
+};
+
+export fn sparrow_backend_get() *const api.BackendApi {
+    return &table;
+}

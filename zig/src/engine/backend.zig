@@ -1,0 +1,68 @@
+//! The core's handle on a backend plugin: the validated function table plus the context its `init`
+//! returned. Wraps the C-ABI calls in typed Zig methods for the engine.
+const std = @import("std");
+const api = @import("backend_api");
+const DType = @import("kernels").DType;
+const ErrorSink = @import("../status.zig").ErrorSink;
+const Status = @import("../status.zig").Status;
+
+pub const Backend = struct {
+    table: *const api.BackendApi,
+    ctx: ?*anyopaque,
+
+    pub fn init(table: *const api.BackendApi, sink: *ErrorSink) union(enum) { ok: Backend, err: Status } {
+        if (api.validate(table, &sink.buf)) |why| {
+            sink.len = why.len;
+            return .{ .err = .abi_mismatch };
+        }
+        var ctx: ?*anyopaque = null;
+        var out = api.ErrorOut{ .buf = &sink.buf, .cap = sink.buf.len, .len = 0 };
+        const rc = table.init.?(&ctx, &out);
+        if (rc != 0) {
+            sink.len = out.len;
+            return .{ .err = std.meta.intToEnum(Status, rc) catch .internal };
+        }
+        return .{ .ok = .{ .table = table, .ctx = ctx } };
+    }
+
+    pub fn deinit(self: *Backend) void {
+        self.table.deinit.?(self.ctx);
+    }
+
+    pub fn name(self: *const Backend) []const u8 {
+        return std.mem.span(self.table.name);
+    }
+
+    pub fn supports(self: *const Backend, op: api.Op, dtype: DType) bool {
+        return self.table.supports.?(self.ctx, @intFromEnum(op), @intFromEnum(dtype));
+    }
+
+    pub fn activationBytes(self: *const Backend, weight: DType, n: usize) usize {
+        return @intCast(self.table.activation_bytes.?(self.ctx, @intFromEnum(weight), n));
+    }
+
+    pub fn activationDType(self: *const Backend, weight: DType) DType {
+        return @enumFromInt(self.table.activation_dtype.?(self.ctx, @intFromEnum(weight)));
+    }
+
+    pub fn prepareActivation(self: *const Backend, weight: DType, x: []const f32, out: [*]u8) void {
+        self.table.prepare_activation.?(self.ctx, @intFromEnum(weight), x.ptr, x.len, out);
+    }
+
+    pub fn matvec(self: *const Backend, w: *const api.WeightView, act: [*]const u8, y: [*]f32, row_begin: usize, row_end: usize) void {
+        self.table.matvec.?(self.ctx, w, act, y, row_begin, row_end);
+    }
+
+    /// Batched rows; falls back to one matvec per token when the plugin has no matmul.
+    pub fn matmul(self: *const Backend, w: *const api.WeightView, act: [*]const u8, act_stride: usize, n_tokens: usize, y: [*]f32, y_stride: usize, row_begin: usize, row_end: usize) void {
+        if (self.table.matmul) |mm| {
+            mm(self.ctx, w, act, act_stride, n_tokens, y, y_stride, row_begin, row_end);
+            return;
+        }
+        for (0..n_tokens) |t| self.table.matvec.?(self.ctx, w, act + t * act_stride, y + t * y_stride, row_begin, row_end);
+    }
+
+    pub fn sync(self: *const Backend) void {
+        if (self.table.sync) |f| f(self.ctx);
+    }
+};

@@ -1,0 +1,190 @@
+//! The Llama forward pass over a batch of tokens at consecutive positions, reading top to bottom:
+//! embed, then per layer attention and FFN with residuals, then the final norm and classifier.
+//!
+//! Matrix work goes to the backend, split over the session's thread pool by rows; matrices that read
+//! the same input (q/k/v, gate/up) run as one fused job so each layer costs few pool dispatches.
+const std = @import("std");
+const Session = @import("session.zig").Session;
+const max_segments = @import("session.zig").max_segments;
+const Model = @import("model.zig").Model;
+const WeightView = @import("backend_api").WeightView;
+const kernels = @import("kernels");
+const DType = kernels.DType;
+const quant = kernels.quant;
+const ops = kernels.ops;
+const Status = @import("../status.zig").Status;
+
+/// Evaluates `n_tokens` tokens (already in `s.tokens`) at positions pos0.. and leaves logits for the
+/// last one (or for all, with the all-logits flag) in `s.logits`.
+pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
+    const m = s.model;
+    const hp = m.hp;
+    if (n_tokens == 0 or n_tokens > s.max_batch)
+        return s.sink.fail(.invalid_argument, "batch of {d} tokens; this session takes 1 to {d}", .{ n_tokens, s.max_batch });
+    if (pos0 > s.kv_len)
+        return s.sink.fail(.invalid_argument, "position {d} skips past the {d} positions evaluated so far", .{ pos0, s.kv_len });
+    if (pos0 + n_tokens > s.n_ctx)
+        return s.sink.fail(.context_full, "positions {d}..{d} exceed the context length {d}", .{ pos0, pos0 + n_tokens, s.n_ctx });
+    for (s.tokens[0..n_tokens]) |tok| {
+        if (tok >= hp.vocab_size) return s.sink.fail(.invalid_argument, "token id {d} is outside the vocabulary of {d}", .{ tok, hp.vocab_size });
+    }
+
+    const dim = hp.dim;
+    const q_dim = hp.qDim();
+    const kv_dim = hp.kvDim();
+    const ffn = hp.ffn_dim;
+    const T = n_tokens;
+
+    // x (T, dim) <- token embedding rows
+    for (0..T) |t| {
+        const row = m.token_embd.data + @as(usize, s.tokens[t]) * m.token_embd.row_bytes;
+        quant.dequantizeRow(@enumFromInt(m.token_embd.dtype), row, s.x[t * dim ..][0..dim]);
+    }
+
+    for (m.layers, 0..) |*layer, l| {
+        // ---- attention ----
+        for (0..T) |t| ops.rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], layer.attn_norm, hp.rms_eps);
+        matmulFused(s, T, s.xb, dim, &.{
+            .{ .w = &layer.attn_q, .y = s.q, .y_stride = q_dim },
+            .{ .w = &layer.attn_k, .y = s.k, .y_stride = kv_dim },
+            .{ .w = &layer.attn_v, .y = s.v, .y_stride = kv_dim },
+        });
+        const layer_kv = l * s.n_ctx * kv_dim;
+        for (0..T) |t| {
+            const pos = pos0 + t;
+            ops.rope(s.q[t * q_dim ..][0..q_dim], hp.head_dim, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
+            ops.rope(s.k[t * kv_dim ..][0..kv_dim], hp.head_dim, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
+            @memcpy(s.key_cache[layer_kv + pos * kv_dim ..][0..kv_dim], s.k[t * kv_dim ..][0..kv_dim]);
+            @memcpy(s.value_cache[layer_kv + pos * kv_dim ..][0..kv_dim], s.v[t * kv_dim ..][0..kv_dim]);
+        }
+        var att = AttentionJob{ .s = s, .layer_kv = layer_kv, .pos0 = pos0 };
+        s.pool.run(&att, AttentionJob.run, T * hp.n_heads, 1);
+        // x += Wo · attention
+        matmulFused(s, T, s.att_out, q_dim, &.{.{ .w = &layer.attn_output, .y = s.xb, .y_stride = dim }});
+        for (s.x[0 .. T * dim], s.xb[0 .. T * dim]) |*x, d| x.* += d;
+
+        // ---- feed-forward ----
+        for (0..T) |t| ops.rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], layer.ffn_norm, hp.rms_eps);
+        matmulFused(s, T, s.xb, dim, &.{
+            .{ .w = &layer.ffn_gate, .y = s.hb, .y_stride = ffn },
+            .{ .w = &layer.ffn_up, .y = s.hb2, .y_stride = ffn },
+        });
+        for (0..T) |t| ops.ffnActivation(hp.activation, s.hb[t * ffn ..][0..ffn], s.hb2[t * ffn ..][0..ffn]);
+        // x += W_down · hidden
+        matmulFused(s, T, s.hb, ffn, &.{.{ .w = &layer.ffn_down, .y = s.xb, .y_stride = dim }});
+        for (s.x[0 .. T * dim], s.xb[0 .. T * dim]) |*x, d| x.* += d;
+    }
+    s.kv_len = pos0 + T;
+
+    // ---- classifier: logits for the last token, or every token with all_logits ----
+    const first: usize = if (s.all_logits) 0 else T - 1;
+    const n_out = T - first;
+    for (first..T) |t| ops.rmsnorm(s.xb[(t - first) * dim ..][0..dim], s.x[t * dim ..][0..dim], m.output_norm, hp.rms_eps);
+    matmulFused(s, n_out, s.xb, dim, &.{.{ .w = &m.output, .y = s.logits, .y_stride = hp.vocab_size }});
+    s.backend.sync();
+    return .ok;
+}
+
+const Segment = struct {
+    w: *const WeightView,
+    /// Output rows of token t start at y[t * y_stride].
+    y: []f32,
+    y_stride: usize,
+};
+
+/// y_i = W_i · input for each segment, for `n_tokens` inputs of `in_dim` (rows of `input`), as one
+/// thread-pool job over the concatenated rows of every W_i. Inputs are prepared (quantized) once per
+/// distinct activation format.
+fn matmulFused(s: *Session, n_tokens: usize, input: []const f32, in_dim: usize, segments: []const Segment) void {
+    std.debug.assert(segments.len <= max_segments);
+    var job = MatmulJob{ .s = s, .n_tokens = n_tokens };
+    var act_of_format: [max_segments]?DType = .{null} ** max_segments;
+    for (segments, 0..) |seg, i| {
+        std.debug.assert(seg.w.n_cols == in_dim);
+        const wt: DType = @enumFromInt(seg.w.dtype);
+        const fmt = s.backend.activationDType(wt);
+        // Reuse an earlier segment's prepared input when it has the same activation format.
+        const slot = for (act_of_format[0..i], 0..) |f, j| {
+            if (f == fmt) break j;
+        } else blk: {
+            act_of_format[i] = fmt;
+            const region = s.act[i * s.max_batch * s.act_stride ..];
+            for (0..n_tokens) |t| s.backend.prepareActivation(wt, input[t * in_dim ..][0..in_dim], region.ptr + t * s.act_stride);
+            break :blk i;
+        };
+        job.segs[i] = .{ .seg = seg, .act = s.act[slot * s.max_batch * s.act_stride ..].ptr, .row_begin = job.total_rows };
+        job.total_rows += seg.w.n_rows;
+    }
+    job.n_segs = segments.len;
+    // Chunks of rows: small enough for every thread to get several (load balance), large enough that
+    // the atomic hand-out is noise. Multiples of 16 keep chunk edges off shared cache lines of y.
+    const per_thread = job.total_rows / (s.pool.threadCount() * 8);
+    const grain = @max(16, per_thread / 16 * 16);
+    s.pool.run(&job, MatmulJob.run, job.total_rows, grain);
+}
+
+const MatmulJob = struct {
+    s: *Session,
+    n_tokens: usize,
+    segs: [max_segments]struct { seg: Segment, act: [*]const u8, row_begin: usize } = undefined,
+    n_segs: usize = 0,
+    total_rows: usize = 0,
+
+    fn run(ctx: *anyopaque, begin: usize, end: usize, thread: usize) void {
+        _ = thread;
+        const self: *MatmulJob = @ptrCast(@alignCast(ctx));
+        for (self.segs[0..self.n_segs]) |sg| {
+            const lo = @max(begin, sg.row_begin);
+            const hi = @min(end, sg.row_begin + sg.seg.w.n_rows);
+            if (lo >= hi) continue;
+            const r0 = lo - sg.row_begin;
+            const r1 = hi - sg.row_begin;
+            if (self.n_tokens == 1) {
+                self.s.backend.matvec(sg.seg.w, sg.act, sg.seg.y.ptr, r0, r1);
+            } else {
+                self.s.backend.matmul(sg.seg.w, sg.act, self.s.act_stride, self.n_tokens, sg.seg.y.ptr, sg.seg.y_stride, r0, r1);
+            }
+        }
+    }
+};
+
+/// Causal attention for one (token, head) pair per item: scores against cached keys 0..pos, softmax,
+/// weighted sum of cached values. Grouped-query: query head h reads kv head h / (n_heads / n_kv_heads).
+const AttentionJob = struct {
+    s: *Session,
+    layer_kv: usize,
+    pos0: usize,
+
+    fn run(ctx: *anyopaque, begin: usize, end: usize, thread: usize) void {
+        const self: *AttentionJob = @ptrCast(@alignCast(ctx));
+        const s = self.s;
+        const hp = s.model.hp;
+        const hd = hp.head_dim;
+        const kv_dim = hp.kvDim();
+        const q_dim = hp.qDim();
+        const group = hp.n_heads / hp.n_kv_heads;
+        const inv_sqrt: f32 = @floatCast(1.0 / @sqrt(@as(f64, @floatFromInt(hd))));
+        const scores_all = s.scores[thread * s.n_ctx ..][0..s.n_ctx];
+        for (begin..end) |item| {
+            const t = item / hp.n_heads;
+            const h = item % hp.n_heads;
+            const pos = self.pos0 + t;
+            const q = s.q[t * q_dim + h * hd ..][0..hd];
+            const kv_off = self.layer_kv + (h / group) * hd;
+            const scores = scores_all[0 .. pos + 1];
+            for (scores, 0..) |*sc, p| {
+                const k = s.key_cache[kv_off + p * kv_dim ..][0..hd];
+                var dot: f32 = 0;
+                for (q, k) |a, b| dot += a * b;
+                sc.* = dot * inv_sqrt;
+            }
+            ops.softmax(scores);
+            const out = s.att_out[t * q_dim + h * hd ..][0..hd];
+            @memset(out, 0);
+            for (scores, 0..) |a, p| {
+                const v = s.value_cache[kv_off + p * kv_dim ..][0..hd];
+                for (out, v) |*o, vv| o.* += a * vv;
+            }
+        }
+    }
+};

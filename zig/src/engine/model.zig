@@ -1,0 +1,267 @@
+//! A loaded model: the mapped file plus validated views of every tensor the forward pass uses.
+//! Immutable once opened, so any number of sessions may share it.
+const std = @import("std");
+const desc = @import("model_desc.zig");
+const DType = @import("kernels").DType;
+const WeightView = @import("backend_api").WeightView;
+const MappedFile = @import("../io/mapped_file.zig").MappedFile;
+const ErrorSink = @import("../status.zig").ErrorSink;
+const Status = @import("../status.zig").Status;
+
+/// Upper limits on hyperparameters: far above any real model, low enough that products of them fit
+/// in usize and a corrupt value is caught here rather than as an absurd allocation.
+const limits = struct {
+    const layers = 1024;
+    const dim = 1 << 17;
+    const heads = 1024;
+    const head_dim = 1024;
+    const vocab = 1 << 22;
+    const ffn_dim = 1 << 20;
+};
+
+pub const Layer = struct {
+    attn_norm: []const f32,
+    attn_q: WeightView,
+    attn_k: WeightView,
+    attn_v: WeightView,
+    attn_output: WeightView,
+    ffn_norm: []const f32,
+    ffn_gate: WeightView,
+    ffn_up: WeightView,
+    ffn_down: WeightView,
+};
+
+pub const Hparams = struct {
+    n_layers: usize,
+    dim: usize,
+    ffn_dim: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    vocab_size: usize,
+    ctx_train: usize,
+    rope_dim: usize,
+    rope_layout: desc.RopeLayout,
+    activation: desc.Activation,
+    rope_theta: f32,
+    rms_eps: f32,
+
+    pub fn qDim(self: Hparams) usize {
+        return self.n_heads * self.head_dim;
+    }
+    pub fn kvDim(self: Hparams) usize {
+        return self.n_kv_heads * self.head_dim;
+    }
+};
+
+pub const Model = struct {
+    allocator: std.mem.Allocator,
+    file: MappedFile,
+    hp: Hparams,
+    token_embd: WeightView,
+    output_norm: []const f32,
+    output: WeightView,
+    layers: []Layer,
+    /// Every weight matrix above, for checks that apply to all of them (backend support, sizes).
+    matrices: []WeightView,
+    /// Sessions alive on this model; closing the model with sessions open is refused.
+    sessions: std.atomic.Value(u32) = std.atomic.Value(u32).init(0),
+    sink: ErrorSink = .{},
+
+    /// Maps `path` and validates `desc_bytes` (a ModelDesc followed by its LayerDescs) against it.
+    pub fn open(allocator: std.mem.Allocator, path: []const u8, desc_bytes: []const u8, sink: *ErrorSink) union(enum) { ok: *Model, err: Status } {
+        if (desc_bytes.len < @sizeOf(desc.ModelDesc))
+            return .{ .err = sink.fail(.invalid_argument, "model description is {d} bytes, expected at least {d}", .{ desc_bytes.len, @sizeOf(desc.ModelDesc) }) };
+        var md: desc.ModelDesc = undefined;
+        @memcpy(std.mem.asBytes(&md), desc_bytes[0..@sizeOf(desc.ModelDesc)]);
+        if (md.version != desc.desc_version)
+            return .{ .err = sink.fail(.abi_mismatch, "model description version {d}, this core reads {d}", .{ md.version, desc.desc_version }) };
+        const want_len = @sizeOf(desc.ModelDesc) + @as(usize, md.n_layers) * @sizeOf(desc.LayerDesc);
+        if (md.n_layers == 0 or md.n_layers > limits.layers or desc_bytes.len != want_len)
+            return .{ .err = sink.fail(.invalid_argument, "model description for {d} layers is {d} bytes, expected {d}", .{ md.n_layers, desc_bytes.len, want_len }) };
+
+        const hp = checkHparams(&md, sink) catch |e| return .{ .err = statusOf(e) };
+
+        var file = switch (MappedFile.open(path, sink)) {
+            .ok => |f| f,
+            .err => |s| return .{ .err = s },
+        };
+        errdefer file.close();
+
+        const self = allocator.create(Model) catch return .{ .err = sink.fail(.out_of_memory, "out of memory creating model", .{}) };
+        errdefer allocator.destroy(self);
+        const layers = allocator.alloc(Layer, hp.n_layers) catch return .{ .err = sink.fail(.out_of_memory, "out of memory creating model", .{}) };
+        errdefer allocator.free(layers);
+        const matrices = allocator.alloc(WeightView, 2 + 7 * hp.n_layers) catch return .{ .err = sink.fail(.out_of_memory, "out of memory creating model", .{}) };
+        errdefer allocator.free(matrices);
+
+        var v = Validator{ .file = file.bytes, .path = path, .sink = sink };
+        const q_dim = hp.qDim();
+        const kv_dim = hp.kvDim();
+        const loaded = blk: {
+            const token_embd = v.matrix(&md.token_embd, hp.vocab_size, hp.dim) catch |e| break :blk e;
+            const output_norm = v.norm(&md.output_norm, hp.dim) catch |e| break :blk e;
+            const output = if (md.output.present())
+                v.matrix(&md.output, hp.vocab_size, hp.dim) catch |e| break :blk e
+            else
+                token_embd;
+            for (layers, 0..) |*layer, i| {
+                var ld: desc.LayerDesc = undefined;
+                const off = @sizeOf(desc.ModelDesc) + i * @sizeOf(desc.LayerDesc);
+                @memcpy(std.mem.asBytes(&ld), desc_bytes[off..][0..@sizeOf(desc.LayerDesc)]);
+                layer.* = .{
+                    .attn_norm = v.norm(&ld.attn_norm, hp.dim) catch |e| break :blk e,
+                    .attn_q = v.matrix(&ld.attn_q, q_dim, hp.dim) catch |e| break :blk e,
+                    .attn_k = v.matrix(&ld.attn_k, kv_dim, hp.dim) catch |e| break :blk e,
+                    .attn_v = v.matrix(&ld.attn_v, kv_dim, hp.dim) catch |e| break :blk e,
+                    .attn_output = v.matrix(&ld.attn_output, hp.dim, q_dim) catch |e| break :blk e,
+                    .ffn_norm = v.norm(&ld.ffn_norm, hp.dim) catch |e| break :blk e,
+                    .ffn_gate = v.matrix(&ld.ffn_gate, hp.ffn_dim, hp.dim) catch |e| break :blk e,
+                    .ffn_up = v.matrix(&ld.ffn_up, hp.ffn_dim, hp.dim) catch |e| break :blk e,
+                    .ffn_down = v.matrix(&ld.ffn_down, hp.dim, hp.ffn_dim) catch |e| break :blk e,
+                };
+                inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" }, 0..) |f, j|
+                    matrices[2 + 7 * i + j] = @field(layer.*, f);
+            }
+            matrices[0] = token_embd;
+            matrices[1] = output;
+            self.* = .{
+                .allocator = allocator,
+                .file = file,
+                .hp = hp,
+                .token_embd = token_embd,
+                .output_norm = output_norm,
+                .output = output,
+                .layers = layers,
+                .matrices = matrices,
+            };
+            break :blk {};
+        };
+        loaded catch |e| return .{ .err = statusOf(e) };
+        return .{ .ok = self };
+    }
+
+    pub fn close(self: *Model) void {
+        std.debug.assert(self.sessions.load(.acquire) == 0);
+        const allocator = self.allocator;
+        self.file.close();
+        allocator.free(self.layers);
+        allocator.free(self.matrices);
+        allocator.destroy(self);
+    }
+};
+
+const ModelError = error{ BadModel, Unsupported, InvalidArgument };
+
+fn statusOf(e: ModelError) Status {
+    return switch (e) {
+        error.BadModel => .bad_model,
+        error.Unsupported => .unsupported,
+        error.InvalidArgument => .invalid_argument,
+    };
+}
+
+fn checkHparams(md: *const desc.ModelDesc, sink: *ErrorSink) ModelError!Hparams {
+    const Check = struct {
+        fn range(s: *ErrorSink, what: []const u8, value: u32, lo: u32, hi: u32) ModelError!void {
+            if (value < lo or value > hi) {
+                _ = s.fail(.bad_model, "hyperparameter {s} = {d} is outside [{d}, {d}]", .{ what, value, lo, hi });
+                return error.BadModel;
+            }
+        }
+    };
+    try Check.range(sink, "dim", md.dim, 1, limits.dim);
+    try Check.range(sink, "ffn_dim", md.ffn_dim, 1, limits.ffn_dim);
+    try Check.range(sink, "n_heads", md.n_heads, 1, limits.heads);
+    try Check.range(sink, "n_kv_heads", md.n_kv_heads, 1, md.n_heads);
+    try Check.range(sink, "head_dim", md.head_dim, 2, limits.head_dim);
+    try Check.range(sink, "vocab_size", md.vocab_size, 1, limits.vocab);
+    try Check.range(sink, "rope_dim", md.rope_dim, 0, md.head_dim);
+    if (md.n_heads % md.n_kv_heads != 0) {
+        _ = sink.fail(.bad_model, "n_heads {d} is not a multiple of n_kv_heads {d}", .{ md.n_heads, md.n_kv_heads });
+        return error.BadModel;
+    }
+    if (md.head_dim % 2 != 0 or md.rope_dim % 2 != 0) {
+        _ = sink.fail(.bad_model, "head_dim {d} and rope_dim {d} must be even", .{ md.head_dim, md.rope_dim });
+        return error.BadModel;
+    }
+    const rope_layout = std.meta.intToEnum(desc.RopeLayout, md.rope_layout) catch {
+        _ = sink.fail(.invalid_argument, "unknown rope layout {d}", .{md.rope_layout});
+        return error.InvalidArgument;
+    };
+    const activation = std.meta.intToEnum(desc.Activation, md.activation) catch {
+        _ = sink.fail(.invalid_argument, "unknown FFN activation {d}", .{md.activation});
+        return error.InvalidArgument;
+    };
+    if (!(md.rms_eps > 0 and md.rms_eps < 1) or !(md.rope_theta > 0) or !std.math.isFinite(md.rope_theta)) {
+        _ = sink.fail(.bad_model, "rms_eps {d} or rope_theta {d} is not usable", .{ md.rms_eps, md.rope_theta });
+        return error.BadModel;
+    }
+    return .{
+        .n_layers = md.n_layers,
+        .dim = md.dim,
+        .ffn_dim = md.ffn_dim,
+        .n_heads = md.n_heads,
+        .n_kv_heads = md.n_kv_heads,
+        .head_dim = md.head_dim,
+        .vocab_size = md.vocab_size,
+        .ctx_train = md.ctx_train,
+        .rope_dim = md.rope_dim,
+        .rope_layout = rope_layout,
+        .activation = activation,
+        .rope_theta = md.rope_theta,
+        .rms_eps = md.rms_eps,
+    };
+}
+
+/// Checks tensor descriptions against the mapped file; every failure names the tensor.
+const Validator = struct {
+    file: []const u8,
+    path: []const u8,
+    sink: *ErrorSink,
+
+    fn matrix(self: *Validator, t: *const desc.TensorDesc, rows: usize, cols: usize) ModelError!WeightView {
+        const name = t.nameSlice();
+        if (t.n_dims != 2 or t.ne[0] != cols or t.ne[1] != rows) {
+            _ = self.sink.fail(.bad_model, "tensor '{s}' in '{s}' has shape [{d}, {d}] ({d} dims), expected [{d}, {d}]", .{ name, self.path, t.ne[0], t.ne[1], t.n_dims, cols, rows });
+            return error.BadModel;
+        }
+        const dtype: DType = @enumFromInt(t.dtype);
+        if (!dtype.isWeightType()) {
+            _ = self.sink.fail(.unsupported, "tensor '{s}' in '{s}' has type {s} (id {d}), which this build cannot compute with", .{ name, self.path, dtype.name(), t.dtype });
+            return error.Unsupported;
+        }
+        const row_bytes = dtype.rowBytes(cols) orelse {
+            _ = self.sink.fail(.unsupported, "tensor '{s}': rows of {d} elements are not a whole number of {s} blocks", .{ name, cols, dtype.name() });
+            return error.Unsupported;
+        };
+        try self.inFile(t, row_bytes * rows);
+        return .{ .data = self.file.ptr + t.offset, .row_bytes = row_bytes, .n_cols = cols, .n_rows = rows, .dtype = t.dtype };
+    }
+
+    fn norm(self: *Validator, t: *const desc.TensorDesc, n: usize) ModelError![]const f32 {
+        const name = t.nameSlice();
+        if (t.n_dims != 1 or t.ne[0] != n) {
+            _ = self.sink.fail(.bad_model, "tensor '{s}' in '{s}' has {d} dims [{d}, ...], expected a vector of {d}", .{ name, self.path, t.n_dims, t.ne[0], n });
+            return error.BadModel;
+        }
+        if (@as(DType, @enumFromInt(t.dtype)) != .f32) {
+            _ = self.sink.fail(.unsupported, "norm tensor '{s}' has type id {d}; only f32 norms are supported", .{ name, t.dtype });
+            return error.Unsupported;
+        }
+        if (t.offset % 4 != 0) {
+            _ = self.sink.fail(.bad_model, "tensor '{s}' data offset {d} is not 4-byte aligned", .{ name, t.offset });
+            return error.BadModel;
+        }
+        try self.inFile(t, n * 4);
+        const ptr: [*]const f32 = @ptrCast(@alignCast(self.file.ptr + t.offset));
+        return ptr[0..n];
+    }
+
+    fn inFile(self: *Validator, t: *const desc.TensorDesc, n_bytes: usize) ModelError!void {
+        if (t.offset > self.file.len or n_bytes > self.file.len - t.offset) {
+            _ = self.sink.fail(.bad_model, "tensor '{s}' spans bytes [{d}, {d}) but '{s}' is {d} bytes", .{ t.nameSlice(), t.offset, t.offset +| n_bytes, self.path, self.file.len });
+            return error.BadModel;
+        }
+    }
+};

@@ -1,0 +1,208 @@
+//! A session: one sequence being generated on a model. Owns the KV cache, every scratch buffer the
+//! forward pass needs, the thread pool and the backend binding. Everything is allocated here, at
+//! creation; evaluating tokens allocates nothing.
+const std = @import("std");
+const Model = @import("model.zig").Model;
+const Backend = @import("backend.zig").Backend;
+const ThreadPool = @import("thread_pool.zig").ThreadPool;
+const api = @import("backend_api");
+const DType = @import("kernels").DType;
+const ErrorSink = @import("../status.zig").ErrorSink;
+const Status = @import("../status.zig").Status;
+
+/// Options as TypeScript passes them (core/ffi.ts `SessionOptions`).
+pub const SessionOptions = extern struct {
+    /// Positions the KV cache holds.
+    n_ctx: u32,
+    /// Threads in all, the calling thread included.
+    n_threads: u32,
+    /// Most tokens evaluated in one batch (prompt chunks); decode uses 1.
+    max_batch: u32,
+    /// Bit 0: keep logits for every token of a batch, not only the last.
+    flags: u32,
+};
+
+pub const flag_all_logits: u32 = 1;
+
+/// Most distinct input formats one fused matmul job may need (q, k and v may differ in type).
+pub const max_segments = 3;
+
+pub const Session = struct {
+    allocator: std.mem.Allocator,
+    model: *Model,
+    backend: Backend,
+    pool: *ThreadPool,
+    n_ctx: usize,
+    max_batch: usize,
+    all_logits: bool,
+    /// Positions [0, kv_len) of the KV cache hold valid entries.
+    kv_len: usize = 0,
+    /// Set while an eval call runs; close and a second eval are refused meanwhile.
+    busy: std.atomic.Value(bool) = std.atomic.Value(bool).init(false),
+    sink: ErrorSink = .{},
+
+    // KV cache: (layer, n_ctx, kv_dim)
+    key_cache: []f32,
+    value_cache: []f32,
+
+    // Activations for a batch of up to max_batch tokens; row t of each is token t.
+    x: []f32, // (batch, dim) residual stream
+    xb: []f32, // (batch, dim) normed input / branch output
+    q: []f32, // (batch, q_dim)
+    k: []f32, // (batch, kv_dim)
+    v: []f32, // (batch, kv_dim)
+    att_out: []f32, // (batch, q_dim)
+    hb: []f32, // (batch, ffn_dim) gate, then the hidden activation
+    hb2: []f32, // (batch, ffn_dim) up
+    /// Prepared (quantized) inputs, one region per fused segment: (segment, batch, act_stride)
+    act: []align(64) u8,
+    act_stride: usize,
+    /// Attention scores, one row of n_ctx per thread: (thread, n_ctx)
+    scores: []f32,
+    /// RoPE cos/sin table for one position: (head_dim,)
+    rope_scratch: []f32,
+    /// Token ids of the batch to evaluate: TypeScript writes them here before calling eval, so no
+    /// JS-owned memory is handed to a nonblocking call.
+    tokens: []u32,
+    /// (batch or 1, vocab)
+    logits: []f32,
+
+    pub const CreateResult = union(enum) { ok: *Session, err: Status };
+
+    pub fn create(allocator: std.mem.Allocator, model: *Model, table: *const api.BackendApi, opts: SessionOptions, sink: *ErrorSink) CreateResult {
+        const hp = model.hp;
+        if (opts.n_ctx == 0 or opts.n_ctx > 1 << 20)
+            return .{ .err = sink.fail(.invalid_argument, "context length {d} is outside [1, 1048576]", .{opts.n_ctx}) };
+        if (opts.n_threads == 0 or opts.n_threads > 256)
+            return .{ .err = sink.fail(.invalid_argument, "thread count {d} is outside [1, 256]", .{opts.n_threads}) };
+        if (opts.max_batch == 0 or opts.max_batch > 4096)
+            return .{ .err = sink.fail(.invalid_argument, "batch size {d} is outside [1, 4096]", .{opts.max_batch}) };
+
+        var backend = switch (Backend.init(table, sink)) {
+            .ok => |b| b,
+            .err => |s| return .{ .err = s },
+        };
+        errdefer backend.deinit();
+        if (checkBackendSupport(&backend, model, sink)) |s| return .{ .err = s };
+
+        const self = allocator.create(Session) catch return oom(sink, 0);
+        errdefer allocator.destroy(self);
+
+        const b = opts.max_batch;
+        const kv_elems = hp.n_layers * @as(usize, opts.n_ctx) * hp.kvDim();
+        const widest_input = @max(hp.dim, @max(hp.qDim(), hp.ffn_dim));
+        var act_stride: usize = 0;
+        for (model.matrices) |w| act_stride = @max(act_stride, backend.activationBytes(@enumFromInt(w.dtype), widest_input));
+        act_stride = std.mem.alignForward(usize, act_stride, 64);
+
+        var arena = Allocs{ .allocator = allocator };
+        errdefer arena.freeAll();
+        self.* = .{
+            .allocator = allocator,
+            .model = model,
+            .backend = backend,
+            .pool = undefined,
+            .n_ctx = opts.n_ctx,
+            .max_batch = b,
+            .all_logits = opts.flags & flag_all_logits != 0,
+            .key_cache = arena.floats(kv_elems) orelse return oom(sink, kv_elems * 8),
+            .value_cache = arena.floats(kv_elems) orelse return oom(sink, kv_elems * 8),
+            .x = arena.floats(b * hp.dim) orelse return oom(sink, 0),
+            .xb = arena.floats(b * hp.dim) orelse return oom(sink, 0),
+            .q = arena.floats(b * hp.qDim()) orelse return oom(sink, 0),
+            .k = arena.floats(b * hp.kvDim()) orelse return oom(sink, 0),
+            .v = arena.floats(b * hp.kvDim()) orelse return oom(sink, 0),
+            .att_out = arena.floats(b * hp.qDim()) orelse return oom(sink, 0),
+            .hb = arena.floats(b * hp.ffn_dim) orelse return oom(sink, 0),
+            .hb2 = arena.floats(b * hp.ffn_dim) orelse return oom(sink, 0),
+            .act = arena.bytes(max_segments * b * act_stride) orelse return oom(sink, 0),
+            .act_stride = act_stride,
+            .scores = arena.floats(@as(usize, opts.n_threads) * opts.n_ctx) orelse return oom(sink, 0),
+            .rope_scratch = arena.floats(hp.head_dim) orelse return oom(sink, 0),
+            .tokens = arena.words(b) orelse return oom(sink, 0),
+            .logits = arena.floats(hp.vocab_size * (if (opts.flags & flag_all_logits != 0) b else 1)) orelse return oom(sink, 0),
+        };
+        self.pool = ThreadPool.init(allocator, opts.n_threads) catch |e|
+            return .{ .err = sink.fail(.internal, "cannot start {d} threads: {s}", .{ opts.n_threads, @errorName(e) }) };
+        _ = model.sessions.fetchAdd(1, .acq_rel);
+        return .{ .ok = self };
+    }
+
+    pub fn destroy(self: *Session) void {
+        std.debug.assert(!self.busy.load(.acquire));
+        self.pool.deinit();
+        self.backend.deinit();
+        const a = self.allocator;
+        a.free(self.key_cache);
+        a.free(self.value_cache);
+        a.free(self.x);
+        a.free(self.xb);
+        a.free(self.q);
+        a.free(self.k);
+        a.free(self.v);
+        a.free(self.att_out);
+        a.free(self.hb);
+        a.free(self.hb2);
+        a.free(self.act);
+        a.free(self.scores);
+        a.free(self.rope_scratch);
+        a.free(self.tokens);
+        a.free(self.logits);
+        _ = self.model.sessions.fetchSub(1, .acq_rel);
+        a.destroy(self);
+    }
+
+    /// Bytes this session allocated (KV cache and scratch), for memory reports.
+    pub fn allocatedBytes(self: *const Session) usize {
+        var n: usize = 0;
+        inline for (.{ "key_cache", "value_cache", "x", "xb", "q", "k", "v", "att_out", "hb", "hb2", "scores", "rope_scratch", "logits" }) |f| n += @field(self, f).len * 4;
+        return n + self.act.len + self.tokens.len * 4;
+    }
+};
+
+fn oom(sink: *ErrorSink, bytes: usize) Session.CreateResult {
+    if (bytes > 0) return .{ .err = sink.fail(.out_of_memory, "out of memory allocating the KV cache ({d} bytes); lower the context length", .{bytes}) };
+    return .{ .err = sink.fail(.out_of_memory, "out of memory allocating session buffers", .{}) };
+}
+
+fn checkBackendSupport(backend: *const Backend, model: *const Model, sink: *ErrorSink) ?Status {
+    for (model.matrices) |w| {
+        const dt: DType = @enumFromInt(w.dtype);
+        if (!backend.supports(.matvec, dt))
+            return sink.fail(.unsupported, "backend '{s}' cannot compute with {s} weights", .{ backend.name(), dt.name() });
+    }
+    return null;
+}
+
+/// Allocation helper for Session.create: remembers what it allocated so a failure frees it all.
+const Allocs = struct {
+    allocator: std.mem.Allocator,
+    f32s: [16][]f32 = undefined,
+    n_f32s: usize = 0,
+    u8s: ?[]align(64) u8 = null,
+    u32s: ?[]u32 = null,
+
+    fn floats(self: *Allocs, n: usize) ?[]f32 {
+        const s = self.allocator.alloc(f32, n) catch return null;
+        @memset(s, 0);
+        self.f32s[self.n_f32s] = s;
+        self.n_f32s += 1;
+        return s;
+    }
+    fn bytes(self: *Allocs, n: usize) ?[]align(64) u8 {
+        const s = self.allocator.alignedAlloc(u8, 64, n) catch return null;
+        self.u8s = s;
+        return s;
+    }
+    fn words(self: *Allocs, n: usize) ?[]u32 {
+        const s = self.allocator.alloc(u32, n) catch return null;
+        @memset(s, 0);
+        self.u32s = s;
+        return s;
+    }
+    fn freeAll(self: *Allocs) void {
+        for (self.f32s[0..self.n_f32s]) |s| self.allocator.free(s);
+        if (self.u8s) |s| self.allocator.free(s);
+        if (self.u32s) |s| self.allocator.free(s);
+    }
+};

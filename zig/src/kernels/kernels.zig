@@ -1,0 +1,10 @@
+//! The compute kernels, shared by the core (embedding lookup, norms, attention) and the CPU backend
+//! plugin (matrix products). A named module in build.zig, so both libraries compile the same source.
+pub const DType = @import("dtype.zig").DType;
+pub const quant = @import("quant.zig");
+pub const dot = @import("dot.zig");
+pub const ops = @import("ops.zig");
+
+test {
+    @import("std").testing.refAllDecls(@This());
+}

@@ -1,0 +1,126 @@
+//! Element-wise and small ops of the transformer block, in f32. Sums that decide a scale (RMSNorm's
+//! mean square, softmax's normaliser) accumulate in f64: they are O(n) and cheap next to the matvecs,
+//! and f64 keeps them from drifting on long vectors.
+const std = @import("std");
+
+pub const RopeLayout = enum(u32) {
+    /// Rotate pairs (x[2i], x[2i+1]): llama.cpp's "normal" mode, llama2.c, Meta's original weights.
+    interleaved = 0,
+    /// Rotate pairs (x[i], x[i + rope_dim/2]): GPT-NeoX / Hugging Face layout.
+    neox = 1,
+};
+
+pub const Activation = enum(u32) {
+    /// silu(gate) * up
+    swiglu = 0,
+    /// relu(gate) * up
+    relu = 1,
+    /// relu(gate) * relu(up), as in TurboSparse
+    drelu = 2,
+};
+
+/// out = x / sqrt(mean(x^2) + eps) * weight
+pub fn rmsnorm(out: []f32, x: []const f32, weight: []const f32, eps: f32) void {
+    std.debug.assert(out.len == x.len and weight.len == x.len);
+    var ss: f64 = 0;
+    for (x) |v| ss += @as(f64, v) * v;
+    const scale: f32 = @floatCast(1.0 / @sqrt(ss / @as(f64, @floatFromInt(x.len)) + eps));
+    for (out, x, weight) |*o, v, w| o.* = w * (v * scale);
+}
+
+/// Rotates the first `rope_dim` dimensions of each `head_dim`-sized head in `vec` by position `pos`.
+/// Pair i (0 <= i < rope_dim/2) turns by pos * theta^(-2i/rope_dim); `layout` says which two
+/// elements form pair i. `cos_sin` is scratch of rope_dim floats.
+pub fn rope(vec: []f32, head_dim: usize, rope_dim: usize, layout: RopeLayout, pos: usize, theta: f32, cos_sin: []f32) void {
+    const half = rope_dim / 2;
+    std.debug.assert(vec.len % head_dim == 0 and cos_sin.len >= rope_dim);
+    for (0..half) |i| {
+        const exponent = @as(f64, @floatFromInt(2 * i)) / @as(f64, @floatFromInt(rope_dim));
+        const freq = 1.0 / std.math.pow(f64, theta, exponent);
+        const angle = @as(f64, @floatFromInt(pos)) * freq;
+        cos_sin[2 * i] = @floatCast(@cos(angle));
+        cos_sin[2 * i + 1] = @floatCast(@sin(angle));
+    }
+    var h: usize = 0;
+    while (h < vec.len) : (h += head_dim) {
+        const head = vec[h .. h + head_dim];
+        for (0..half) |i| {
+            const a, const b = switch (layout) {
+                .interleaved => .{ 2 * i, 2 * i + 1 },
+                .neox => .{ i, i + half },
+            };
+            const c = cos_sin[2 * i];
+            const s = cos_sin[2 * i + 1];
+            const x0 = head[a];
+            const x1 = head[b];
+            head[a] = x0 * c - x1 * s;
+            head[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: []f32) void {
+    var max: f32 = -std.math.inf(f32);
+    for (x) |v| max = @max(max, v);
+    var sum: f64 = 0;
+    for (x) |*v| {
+        v.* = @exp(v.* - max);
+        sum += v.*;
+    }
+    const inv: f32 = @floatCast(1.0 / sum);
+    for (x) |*v| v.* *= inv;
+}
+
+inline fn silu(x: f32) f32 {
+    return x / (1.0 + @exp(-x));
+}
+
+/// gate <- act(gate, up): the FFN's hidden activation, written over `gate`.
+pub fn ffnActivation(kind: Activation, gate: []f32, up: []const f32) void {
+    switch (kind) {
+        .swiglu => for (gate, up) |*g, u| {
+            g.* = silu(g.*) * u;
+        },
+        .relu => for (gate, up) |*g, u| {
+            g.* = @max(g.*, 0) * u;
+        },
+        .drelu => for (gate, up) |*g, u| {
+            g.* = @max(g.*, 0) * @max(u, 0);
+        },
+    }
+}
+
+test "rmsnorm normalises to unit mean square" {
+    const x = [_]f32{ 1, 2, 3, 4 };
+    const w = [_]f32{ 1, 1, 1, 1 };
+    var out: [4]f32 = undefined;
+    rmsnorm(&out, &x, &w, 0);
+    var ms: f32 = 0;
+    for (out) |v| ms += v * v;
+    try std.testing.expectApproxEqAbs(@as(f32, 4), ms, 1e-5);
+}
+
+test "rope layouts rotate different pairs by the same angles" {
+    var scratch: [8]f32 = undefined;
+    var a = [_]f32{ 1, 0, 1, 0, 1, 0, 1, 0 };
+    rope(&a, 8, 8, .interleaved, 3, 10000, &scratch);
+    // pair 0 is (a[0], a[1]) and turns by 3 radians
+    try std.testing.expectApproxEqAbs(@as(f32, @cos(3.0)), a[0], 1e-6);
+    try std.testing.expectApproxEqAbs(@as(f32, @sin(3.0)), a[1], 1e-6);
+    var b = [_]f32{ 1, 1, 1, 1, 0, 0, 0, 0 };
+    rope(&b, 8, 8, .neox, 3, 10000, &scratch);
+    // pair 0 is (b[0], b[4])
+    try std.testing.expectApproxEqAbs(@as(f32, @cos(3.0)), b[0], 1e-6);
+    try std.testing.expectApproxEqAbs(@as(f32, @sin(3.0)), b[4], 1e-6);
+}
+
+test "relu activations zero what they should" {
+    var g = [_]f32{ -1, 2, 3 };
+    const u = [_]f32{ 5, -1, 2 };
+    ffnActivation(.drelu, &g, &u);
+    try std.testing.expectEqualSlices(f32, &[_]f32{ 0, 0, 6 }, &g);
+    var g2 = [_]f32{ -1, 2, 3 };
+    ffnActivation(.relu, &g2, &u);
+    try std.testing.expectEqualSlices(f32, &[_]f32{ 0, -2, 6 }, &g2);
+}
