@@ -118,6 +118,8 @@ export class NativeSession {
   readonly threads: number;
   /** Bytes the core allocated for this session (KV cache and scratch). */
   readonly allocatedBytes: number;
+  /** Whether logits are kept for every token of a batch. */
+  readonly allLogits: boolean;
 
   /**
    * Creates a session on `model` computing with `backend`.
@@ -146,7 +148,8 @@ export class NativeSession {
     this.threads = Number(info[5]);
     const tokensPtr = c.sp_session_tokens(ptr)!;
     this.#tokens = new Uint32Array(Deno.UnsafePointerView.getArrayBuffer(tokensPtr, this.batchSize * 4));
-    const logitRows = options.allLogits ? this.batchSize : 1;
+    this.allLogits = options.allLogits ?? false;
+    const logitRows = this.allLogits ? this.batchSize : 1;
     const logitsPtr = c.sp_session_logits(ptr)!;
     this.#logits = new Float32Array(Deno.UnsafePointerView.getArrayBuffer(logitsPtr, logitRows * this.vocabSize * 4));
     model.track(1);

@@ -39,6 +39,8 @@ export class SparrowError extends Error {
   readonly code: SparrowErrorCode;
 
   /**
+   * Creates an error of kind `code`.
+   *
    * @param code The kind of failure.
    * @param message What went wrong, naming the file, tensor or value at fault.
    * @param options Standard error options (`cause`).

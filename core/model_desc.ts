@@ -8,30 +8,43 @@
 import { layout, modelDescVersion } from "./ffi.ts";
 import type { GgufTensorInfo } from "./gguf.ts";
 
-/** FFN activation kinds, numbered as the core numbers them. */
-export const activationIds = { swiglu: 0, relu: 1, drelu: 2 } as const;
 /** FFN activation of a model: silu(gate)*up, relu(gate)*up or relu(gate)*relu(up). */
-export type Activation = keyof typeof activationIds;
+export type Activation = "swiglu" | "relu" | "drelu";
+/** FFN activation kinds, numbered as the core numbers them. */
+export const activationIds: Readonly<Record<Activation, number>> = { swiglu: 0, relu: 1, drelu: 2 };
 
-/** RoPE layouts, numbered as the core numbers them. */
-export const ropeLayoutIds = { interleaved: 0, neox: 1 } as const;
 /** Which elements RoPE pairs: (2i, 2i+1) or (i, i + d/2). */
-export type RopeLayout = keyof typeof ropeLayoutIds;
+export type RopeLayout = "interleaved" | "neox";
+/** RoPE layouts, numbered as the core numbers them. */
+export const ropeLayoutIds: Readonly<Record<RopeLayout, number>> = { interleaved: 0, neox: 1 };
 
 /** Hyperparameters of a Llama-family model. */
 export interface LlamaHparams {
+  /** Transformer blocks. */
   nLayers: number;
+  /** Width of the residual stream. */
   dim: number;
+  /** Hidden neurons of each FFN. */
   ffnDim: number;
+  /** Query heads. */
   nHeads: number;
+  /** Key/value heads (grouped-query attention when fewer than nHeads). */
   nKvHeads: number;
+  /** Width of one head. */
   headDim: number;
+  /** Tokens in the vocabulary. */
   vocabSize: number;
+  /** Context length the model was trained for. */
   contextLength: number;
+  /** Dimensions of each head that RoPE rotates (≤ headDim). */
   ropeDim: number;
+  /** Which elements RoPE pairs. */
   ropeLayout: RopeLayout;
+  /** RoPE base frequency. */
   ropeTheta: number;
+  /** RMSNorm epsilon. */
   rmsEps: number;
+  /** FFN activation. */
   activation: Activation;
 }
 

@@ -101,7 +101,11 @@ export class Sampler {
   #ids = new Int32Array(0);
   #vals = new Float64Array(0);
 
-  /** @param options Sampling settings (see {@link SamplerOptions}). */
+  /**
+   * Creates a sampler; options are checked here.
+   *
+   * @param options Sampling settings (see {@link SamplerOptions}).
+   */
   constructor(options: SamplerOptions = {}) {
     this.#temperature = options.temperature ?? 0.8;
     this.#topK = options.topK ?? 40;

@@ -201,6 +201,44 @@ export class Session {
   }
 
   /**
+   * Evaluates a token sequence and returns logits: of the last token, or of every token when the
+   * session was created with `allLogits`. A cached prefix is reused (its logits are not recomputed,
+   * so with `allLogits` call {@link reset} first to get every position).
+   *
+   * @param ids Token ids, from position 0.
+   * @returns Copies of the logits rows, one per evaluated position (only the last without
+   * `allLogits`).
+   */
+  async evaluate(ids: readonly number[]): Promise<Float32Array[]> {
+    if (this.#generating) throw new SparrowError("busy", "this session is generating; await it or use another session");
+    if (ids.length === 0) throw new SparrowError("invalid_argument", "nothing to evaluate: no token ids");
+    this.#generating = true;
+    try {
+      const rows: Float32Array[] = [];
+      const reuse = this.#reusablePrefix(ids);
+      const batch = this.#native.batchSize;
+      for (let at = reuse; at < ids.length; at += batch) {
+        const chunk = ids.slice(at, Math.min(at + batch, ids.length));
+        await this.#native.eval(chunk, at);
+        this.#cached.push(...chunk);
+        if (this.#native.allLogits) chunk.forEach((_, j) => rows.push(this.#native.logits(j).slice()));
+      }
+      if (!this.#native.allLogits) rows.push(this.#native.logits().slice());
+      return rows;
+    } finally {
+      this.#generating = false;
+    }
+  }
+
+  /** Keeps the longest cached prefix of `ids` that leaves at least one token to evaluate. */
+  #reusablePrefix(ids: readonly number[]): number {
+    let reuse = 0;
+    while (reuse < this.#cached.length && reuse < ids.length - 1 && this.#cached[reuse] === ids[reuse]) reuse++;
+    this.#cached.length = reuse;
+    return reuse;
+  }
+
+  /**
    * Runs {@link generate} to the end and returns the text, tokens and stats.
    *
    * @param prompt Text or token ids.
@@ -237,9 +275,7 @@ export class Session {
 
     // Reuse the cached prefix, but always evaluate at least the last prompt token: its logits
     // choose the first generated token.
-    let reuse = 0;
-    while (reuse < this.#cached.length && reuse < ids.length - 1 && this.#cached[reuse] === ids[reuse]) reuse++;
-    this.#cached.length = reuse;
+    const reuse = this.#reusablePrefix(ids);
 
     const t0 = performance.now();
     const batch = this.#native.batchSize;

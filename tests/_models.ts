@@ -6,6 +6,9 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { defaultModel, defaultModelPath } from "../core/default_model.ts";
+import { loadBackend } from "../core/backend_loader.ts";
+import { core } from "../core/ffi.ts";
 
 /** Repository root (this file is tests/_models.ts). */
 export const repoRoot: string = fileURLToPath(new URL("..", import.meta.url));
@@ -25,16 +28,32 @@ export function sharedModelsDir(): string | undefined {
   return exists(dir) ? dir : undefined;
 }
 
-/** The default SmolLM2-135M-Instruct Q4_1 GGUF when it has been downloaded, else undefined. */
+/**
+ * The default SmolLM2-135M-Instruct Q4_1 GGUF when it has been downloaded (to the cache the CLI
+ * uses, or the repository's .cache/ as scripts/test.sh sets it), else undefined.
+ */
 export function smollm2Path(): string | undefined {
-  const fromEnv = Deno.env.get("SPARROW_SMOLLM2");
-  if (fromEnv && exists(fromEnv)) return fromEnv;
-  const cached = join(repoRoot, ".cache", "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
-  return exists(cached) ? cached : undefined;
+  const candidates = [
+    Deno.env.get("SPARROW_SMOLLM2"),
+    defaultModelPath(),
+    join(repoRoot, ".cache", "models", defaultModel.fileName),
+  ];
+  return candidates.find((p): p is string => p !== undefined && exists(p));
 }
 
 /** Logs why a test is skipped; returns true so callers can write `if (skip(...)) return;`. */
 export function skip(why: string): true {
   console.warn(`  skipped: ${why}`);
   return true;
+}
+
+/**
+ * Opens the native core and the cpu plugin now, at module load. sparrow keeps native libraries open
+ * for the life of the process on purpose (closing one while a native thread is inside crashes), so
+ * a test that loaded them first would be flagged by Deno's resource sanitizer. Call this at the top
+ * level of every test file that runs the engine.
+ */
+export function preloadNativeLibraries(): void {
+  core();
+  loadBackend("cpu");
 }
