@@ -11,6 +11,7 @@ const Model = @import("engine/model.zig").Model;
 const session_mod = @import("engine/session.zig");
 const Session = session_mod.Session;
 const forward = @import("engine/forward.zig");
+const kernel_bench = @import("bench/kernel_bench.zig");
 
 const Status = status.Status;
 const allocator = std.heap.c_allocator;
@@ -107,6 +108,19 @@ export fn sp_eval(session: *Session, n_tokens: u32, pos0: u32) i32 {
     defer session.busy.store(false, .release);
     session.sink.clear();
     return forward.eval(session, n_tokens, pos0).code();
+}
+
+/// Benchmark: best time (ns) of `iters` reads of `bytes` of memory on `threads` threads; 0 on failure.
+export fn sp_bench_mem_read(bytes: u64, threads: u32, iters: u32) u64 {
+    if (threads == 0 or threads > 256 or iters == 0) return 0;
+    return kernel_bench.memRead(bytes, threads, iters) catch 0;
+}
+
+/// Benchmark: best time (ns) of `iters` matrix-vector products over a (rows, cols) matrix of type
+/// `dtype` on `threads` threads, activation preparation included; 0 if the type is unsupported.
+export fn sp_bench_matvec(dtype: u32, rows: u64, cols: u64, threads: u32, iters: u32) u64 {
+    if (threads == 0 or threads > 256 or iters == 0) return 0;
+    return kernel_bench.matvec(@enumFromInt(dtype), rows, cols, threads, iters) catch 0;
 }
 
 test {

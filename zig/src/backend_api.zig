@@ -45,8 +45,9 @@ pub fn writeError(out: *ErrorOut, comptime fmt: []const u8, args: anytype) void 
 pub const InitFn = *const fn (out_ctx: *?*anyopaque, err: *ErrorOut) callconv(.c) i32;
 pub const DeinitFn = *const fn (ctx: ?*anyopaque) callconv(.c) void;
 pub const SupportsFn = *const fn (ctx: ?*anyopaque, op: u32, dtype: u32) callconv(.c) bool;
-/// The element format the kernels want the input vector in, for weights of `weight_dtype`.
-pub const ActivationDTypeFn = *const fn (ctx: ?*anyopaque, weight_dtype: u32) callconv(.c) u32;
+/// An id for the format the kernels want the input vector in, for weights of `weight_dtype`. Opaque
+/// to the core, which only compares ids: weights with equal ids share one prepared input.
+pub const ActivationFormatFn = *const fn (ctx: ?*anyopaque, weight_dtype: u32) callconv(.c) u32;
 /// Bytes needed to hold `n` input elements prepared for weights of `weight_dtype`.
 pub const ActivationBytesFn = *const fn (ctx: ?*anyopaque, weight_dtype: u32, n: u64) callconv(.c) u64;
 /// Converts `n` f32 inputs into the activation format for `weight_dtype`, at `out`.
@@ -70,7 +71,7 @@ pub const BackendApi = extern struct {
     /// Required.
     supports: ?SupportsFn,
     /// Required.
-    activation_dtype: ?ActivationDTypeFn,
+    activation_format: ?ActivationFormatFn,
     /// Required.
     activation_bytes: ?ActivationBytesFn,
     /// Required.
@@ -89,7 +90,7 @@ pub fn validate(api: *const BackendApi, why: []u8) ?[]const u8 {
         return std.fmt.bufPrint(why, "backend '{s}' speaks plugin api_version {d}, this core speaks {d}: rebuild the plugin and the core from the same sources", .{ std.mem.span(api.name), api.api_version, api_version }) catch why;
     if (api.struct_size < @sizeOf(BackendApi))
         return std.fmt.bufPrint(why, "backend '{s}' table is {d} bytes, expected {d}", .{ std.mem.span(api.name), api.struct_size, @sizeOf(BackendApi) }) catch why;
-    inline for (.{ "init", "deinit", "supports", "activation_dtype", "activation_bytes", "prepare_activation", "matvec" }) |field| {
+    inline for (.{ "init", "deinit", "supports", "activation_format", "activation_bytes", "prepare_activation", "matvec" }) |field| {
         if (@field(api, field) == null)
             return std.fmt.bufPrint(why, "backend '{s}' lacks the required entry '{s}'", .{ std.mem.span(api.name), field }) catch why;
     }

@@ -41,8 +41,9 @@ pub const Backend = struct {
         return @intCast(self.table.activation_bytes.?(self.ctx, @intFromEnum(weight), n));
     }
 
-    pub fn activationDType(self: *const Backend, weight: DType) DType {
-        return @enumFromInt(self.table.activation_dtype.?(self.ctx, @intFromEnum(weight)));
+    /// Opaque id of the prepared-input format for `weight`; equal ids can share one prepared input.
+    pub fn activationFormat(self: *const Backend, weight: DType) u32 {
+        return self.table.activation_format.?(self.ctx, @intFromEnum(weight));
     }
 
     pub fn prepareActivation(self: *const Backend, weight: DType, x: []const f32, out: [*]u8) void {

@@ -98,11 +98,11 @@ const Segment = struct {
 fn matmulFused(s: *Session, n_tokens: usize, input: []const f32, in_dim: usize, segments: []const Segment) void {
     std.debug.assert(segments.len <= max_segments);
     var job = MatmulJob{ .s = s, .n_tokens = n_tokens };
-    var act_of_format: [max_segments]?DType = .{null} ** max_segments;
+    var act_of_format: [max_segments]?u32 = .{null} ** max_segments;
     for (segments, 0..) |seg, i| {
         std.debug.assert(seg.w.n_cols == in_dim);
         const wt: DType = @enumFromInt(seg.w.dtype);
-        const fmt = s.backend.activationDType(wt);
+        const fmt = s.backend.activationFormat(wt);
         // Reuse an earlier segment's prepared input when it has the same activation format.
         const slot = for (act_of_format[0..i], 0..) |f, j| {
             if (f == fmt) break j;

@@ -1,50 +1,80 @@
 //! Row dot products: one weight row (any supported type) against one prepared activation vector.
 //!
-//! Numerics (stated here and in the tests' tolerances):
-//! - f32/f16/bf16 weights: activations stay f32; products accumulate in f32 across vector lanes.
-//! - q4_0/q8_0 weights: activations are quantized to q8_0 (per 32 elements, d = max|x|/127), so each
-//!   activation carries a relative error of at most 1/254 of its block's max; integer products are
-//!   exact and summed per block in i32, blocks accumulate in f32.
-//! - q4_1 weights: activations in q8_1 (q8_0 plus s = d * sum(q)), the offset term is m * s.
+//! Activations are prepared once per matrix-vector product and shared by every row:
+//! - `f32` for f32/f16/bf16 weights: products accumulate in f32 across vector lanes.
+//! - `q8` for the 32-element types (q4_0, q4_1, q5_0, q5_1, q8_0): per 32 elements, d = max|x|/127
+//!   and q = round(x / d), so each activation is off by at most d/2 = max|x|/254 of its block; plus
+//!   the f32 sum d * sum(q) per block, which carries the offset terms (-8 or -16 for q4_0/q5_0, the
+//!   min m for q4_1/q5_1) so no row pays for them per element.
+//! - `q8k` for the K-quants (q4_k, q5_k, q6_k): the same 8-bit rounding per 256 elements, plus the
+//!   integer sums of each 16 elements for the mins and q6_k's -32 offset.
+//! Integer products are exact; each block's integer dot becomes f32 once and accumulates in f32.
 //!
-//! `dotReference` computes the same quantity by dequantizing both sides to f32 and summing in f64:
-//! a SIMD kernel must agree with it to f32 accumulation error, not to quantization error.
+//! `dotReference` computes the same quantity from dequantized values in f64: kernels must agree with
+//! it to f32 accumulation error (their tests), while the error from quantizing activations is the
+//! subject of the model-level tolerance (tests/reference_forward_test.ts).
 const std = @import("std");
 const DType = @import("dtype.zig").DType;
 const quant = @import("quant.zig");
+const x86 = @import("simd_x86.zig");
 
 const qk = quant.qk;
+const qk_k = quant.qk_k;
 /// f32 lanes per vector: 16 with AVX-512, 8 with AVX2/NEON (two registers), 4 otherwise.
 const lanes = std.simd.suggestVectorLength(f32) orelse 4;
 const F32V = @Vector(lanes, f32);
+const U8x32 = @Vector(32, u8);
+const I8x32 = @Vector(32, i8);
+const I32x8 = @Vector(8, i32);
+const F32x8 = @Vector(8, f32);
 
-/// Format the activation vector must be in for weights of type `w`.
-pub fn activationType(w: DType) DType {
+/// How the input vector is prepared for a weight type. Weights with the same format can share one
+/// prepared input (the engine fuses q/k/v and gate/up this way).
+pub const ActFormat = enum(u32) { f32 = 0, q8 = 1, q8k = 2 };
+
+pub fn activationFormat(w: DType) ActFormat {
     return switch (w) {
         .f32, .f16, .bf16 => .f32,
-        .q4_0, .q8_0 => .q8_0,
-        .q4_1 => .q8_1,
+        .q4_0, .q4_1, .q5_0, .q5_1, .q8_0 => .q8,
+        .q4_k, .q5_k, .q6_k => .q8k,
         else => unreachable,
     };
 }
 
+/// Bytes of a prepared input of `n` elements for weights of type `w`.
 pub fn activationBytes(w: DType, n: usize) usize {
-    return activationType(w).rowBytes(n).?;
+    return switch (activationFormat(w)) {
+        .f32 => 4 * n,
+        .q8 => (n / qk) * (4 + @sizeOf(quant.BlockQ8_0)),
+        .q8k => (n / qk_k) * @sizeOf(quant.BlockQ8_K),
+    };
 }
 
-/// Converts f32 inputs to the activation format for `w` (a plain copy for float weights).
+/// A `q8` input: per-block f32 sums first (4-byte aligned at the buffer start), then the blocks.
+const Q8Act = struct {
+    sums: [*]const f32,
+    blocks: [*]align(1) const quant.BlockQ8_0,
+
+    fn of(act: [*]const u8, n: usize) Q8Act {
+        return .{ .sums = @ptrCast(@alignCast(act)), .blocks = @ptrCast(act + 4 * (n / qk)) };
+    }
+};
+
+/// Converts f32 inputs to the activation format for `w`. `out` must be 4-byte aligned.
 pub fn prepareActivation(w: DType, x: []const f32, out: []u8) void {
-    switch (activationType(w)) {
-        .f32 => @memcpy(out[0 .. x.len * 4], std.mem.sliceAsBytes(x)),
-        .q8_0 => {
-            const blocks: [*]quant.BlockQ8_0 = @ptrCast(@alignCast(out.ptr));
-            quant.quantizeRowQ8_0(x, blocks[0 .. x.len / qk]);
+    const n = x.len;
+    switch (activationFormat(w)) {
+        .f32 => @memcpy(out[0 .. n * 4], std.mem.sliceAsBytes(x)),
+        .q8 => {
+            const nb = n / qk;
+            const sums: [*]f32 = @ptrCast(@alignCast(out.ptr));
+            const blocks: [*]quant.BlockQ8_0 = @ptrCast(out.ptr + 4 * nb);
+            quant.quantizeRowQ8Sums(x, blocks[0..nb], sums[0..nb]);
         },
-        .q8_1 => {
-            const blocks: [*]quant.BlockQ8_1 = @ptrCast(@alignCast(out.ptr));
-            quant.quantizeRowQ8_1(x, blocks[0 .. x.len / qk]);
+        .q8k => {
+            const blocks: [*]align(1) quant.BlockQ8_K = @ptrCast(out.ptr);
+            quant.quantizeRowQ8K(x, blocks[0 .. n / qk_k]);
         },
-        else => unreachable,
     }
 }
 
@@ -54,20 +84,77 @@ pub fn dot(w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
         .f32 => dotF32(@ptrCast(@alignCast(row)), @ptrCast(@alignCast(act)), n),
         .f16 => dotF16(row, @ptrCast(@alignCast(act)), n),
         .bf16 => dotBf16(row, @ptrCast(@alignCast(act)), n),
-        .q8_0 => dotQ8_0(@ptrCast(row), @ptrCast(act), n / qk),
-        .q4_0 => dotQ4_0(@ptrCast(row), @ptrCast(act), n / qk),
-        .q4_1 => dotQ4_1(@ptrCast(row), @ptrCast(act), n / qk),
+        .q8_0 => dotQ8_0(@ptrCast(row), Q8Act.of(act, n), n / qk),
+        .q4_0 => dotQ4(.q4_0, row, Q8Act.of(act, n), n / qk),
+        .q4_1 => dotQ4(.q4_1, row, Q8Act.of(act, n), n / qk),
+        .q5_0 => dotQ5(.q5_0, row, Q8Act.of(act, n), n / qk),
+        .q5_1 => dotQ5(.q5_1, row, Q8Act.of(act, n), n / qk),
+        .q4_k => dotQ4K(.q4_k, row, @ptrCast(act), n / qk_k),
+        .q5_k => dotQ4K(.q5_k, row, @ptrCast(act), n / qk_k),
+        .q6_k => dotQ6K(@ptrCast(row), @ptrCast(act), n / qk_k),
         else => unreachable,
     };
 }
+
+// ---------------------------------------------------------------------------------------------
+// The integer core: 32 (u8 or i8) x i8 products summed in 8 groups of 4 adjacent pairs.
+
+inline fn dotU8I8(u: U8x32, s: I8x32) I32x8 {
+    if (x86.available) return x86.dotU8I8(u, s);
+    const p = @as(@Vector(32, i32), u) * @as(@Vector(32, i32), s);
+    return groupsOf4(p);
+}
+
+inline fn dotI8I8(a: I8x32, b: I8x32) I32x8 {
+    if (x86.available) return x86.dotI8I8(a, b);
+    const p = @as(@Vector(32, i32), a) * @as(@Vector(32, i32), b);
+    return groupsOf4(p);
+}
+
+inline fn groupsOf4(p: @Vector(32, i32)) I32x8 {
+    const idx = struct {
+        fn of(comptime k: i32) [8]i32 {
+            var out: [8]i32 = undefined;
+            for (&out, 0..) |*o, j| o.* = 4 * @as(i32, @intCast(j)) + k;
+            return out;
+        }
+    };
+    return @shuffle(i32, p, undefined, idx.of(0)) + @shuffle(i32, p, undefined, idx.of(1)) +
+        @shuffle(i32, p, undefined, idx.of(2)) + @shuffle(i32, p, undefined, idx.of(3));
+}
+
+/// The 32 4-bit values of a 16-byte block, in element order (low nibbles first).
+inline fn nibbles(qs: *align(1) const [16]u8) U8x32 {
+    const bytes: @Vector(16, u8) = qs.*;
+    return std.simd.join(bytes & @as(@Vector(16, u8), @splat(0x0f)), bytes >> @splat(4));
+}
+
+/// 16 where bit j of `bits` is set, for each byte j of 32: the fifth bit of Q5_0/Q5_1 elements.
+inline fn fifthBits(bits: u32) U8x32 {
+    const bytes: @Vector(4, u8) = @bitCast(bits);
+    const spread = @shuffle(u8, bytes, undefined, [32]i32{ 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3 });
+    const mask = U8x32{ 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128 };
+    return @select(u8, (spread & mask) != @as(U8x32, @splat(0)), @as(U8x32, @splat(16)), @as(U8x32, @splat(0)));
+}
+
+inline fn f16At(p: [*]const u8) f32 {
+    return @floatCast(@as(f16, @bitCast(std.mem.readInt(u16, p[0..2], .little))));
+}
+
+inline fn fma8(d: f32, p: I32x8, acc: F32x8) F32x8 {
+    return @mulAdd(F32x8, @splat(d), @floatFromInt(p), acc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float weights.
 
 fn dotF32(a: [*]const f32, b: [*]const f32, n: usize) f32 {
     var acc0: F32V = @splat(0);
     var acc1: F32V = @splat(0);
     var i: usize = 0;
     while (i + 2 * lanes <= n) : (i += 2 * lanes) {
-        acc0 += @as(F32V, a[i..][0..lanes].*) * @as(F32V, b[i..][0..lanes].*);
-        acc1 += @as(F32V, a[i + lanes ..][0..lanes].*) * @as(F32V, b[i + lanes ..][0..lanes].*);
+        acc0 = @mulAdd(F32V, a[i..][0..lanes].*, b[i..][0..lanes].*, acc0);
+        acc1 = @mulAdd(F32V, a[i + lanes ..][0..lanes].*, b[i + lanes ..][0..lanes].*, acc1);
     }
     var sum = @reduce(.Add, acc0 + acc1);
     while (i < n) : (i += 1) sum += a[i] * b[i];
@@ -76,108 +163,191 @@ fn dotF32(a: [*]const f32, b: [*]const f32, n: usize) f32 {
 
 fn dotF16(row: [*]const u8, b: [*]const f32, n: usize) f32 {
     const a: [*]align(1) const f16 = @ptrCast(row);
-    var acc: F32V = @splat(0);
+    var acc0: F32V = @splat(0);
+    var acc1: F32V = @splat(0);
     var i: usize = 0;
-    while (i + lanes <= n) : (i += lanes) {
-        const h: @Vector(lanes, f16) = a[i..][0..lanes].*;
-        acc += @as(F32V, @floatCast(h)) * @as(F32V, b[i..][0..lanes].*);
+    while (i + 2 * lanes <= n) : (i += 2 * lanes) {
+        const h0: @Vector(lanes, f16) = a[i..][0..lanes].*;
+        const h1: @Vector(lanes, f16) = a[i + lanes ..][0..lanes].*;
+        acc0 = @mulAdd(F32V, @floatCast(h0), b[i..][0..lanes].*, acc0);
+        acc1 = @mulAdd(F32V, @floatCast(h1), b[i + lanes ..][0..lanes].*, acc1);
     }
-    var sum = @reduce(.Add, acc);
+    var sum = @reduce(.Add, acc0 + acc1);
     while (i < n) : (i += 1) sum += @as(f32, @floatCast(a[i])) * b[i];
     return sum;
 }
 
 fn dotBf16(row: [*]const u8, b: [*]const f32, n: usize) f32 {
     const a: [*]align(1) const u16 = @ptrCast(row);
-    var acc: F32V = @splat(0);
+    var acc0: F32V = @splat(0);
+    var acc1: F32V = @splat(0);
     var i: usize = 0;
-    while (i + lanes <= n) : (i += lanes) {
-        const h: @Vector(lanes, u16) = a[i..][0..lanes].*;
-        const widened: @Vector(lanes, u32) = @as(@Vector(lanes, u32), h) << @splat(16);
-        acc += @as(F32V, @bitCast(widened)) * @as(F32V, b[i..][0..lanes].*);
+    while (i + 2 * lanes <= n) : (i += 2 * lanes) {
+        inline for (.{ &acc0, &acc1 }, 0..) |acc, k| {
+            const h: @Vector(lanes, u16) = a[i + k * lanes ..][0..lanes].*;
+            const widened = @as(@Vector(lanes, u32), h) << @splat(16);
+            acc.* = @mulAdd(F32V, @bitCast(widened), b[i + k * lanes ..][0..lanes].*, acc.*);
+        }
     }
-    var sum = @reduce(.Add, acc);
+    var sum = @reduce(.Add, acc0 + acc1);
     while (i < n) : (i += 1) sum += quant.bf16ToF32(a[i]) * b[i];
     return sum;
 }
 
-/// Exact integer dot of 32 int8 pairs.
-inline fn dotI8x32(a: @Vector(32, i8), b: @Vector(32, i8)) i32 {
-    const prod = @as(@Vector(32, i16), a) * @as(@Vector(32, i16), b);
-    return @reduce(.Add, @as(@Vector(32, i32), prod));
-}
+// ---------------------------------------------------------------------------------------------
+// 32-element types against q8 activations. Two accumulators hide the FMA latency.
 
-/// The 32 weights of a 4-bit block as unsigned nibbles, in element order (low nibbles first).
-inline fn unpackNibbles(qs: *const [16]u8) @Vector(32, u8) {
-    const bytes: @Vector(16, u8) = qs.*;
-    const lo = bytes & @as(@Vector(16, u8), @splat(0x0f));
-    const hi = bytes >> @splat(4);
-    return std.simd.join(lo, hi);
-}
-
-fn dotQ8_0(w: [*]const quant.BlockQ8_0, x: [*]const quant.BlockQ8_0, n_blocks: usize) f32 {
-    var sum: f32 = 0;
-    for (0..n_blocks) |b| {
-        const isum = dotI8x32(w[b].qs, x[b].qs);
-        sum += @as(f32, @floatFromInt(isum)) * @as(f32, @floatCast(w[b].d)) * @as(f32, @floatCast(x[b].d));
+fn dotQ8_0(w: [*]align(1) const quant.BlockQ8_0, x: Q8Act, nb: usize) f32 {
+    var acc = [2]F32x8{ @splat(0), @splat(0) };
+    for (0..nb) |b| {
+        const d = @as(f32, @floatCast(w[b].d)) * @as(f32, @floatCast(x.blocks[b].d));
+        acc[b & 1] = fma8(d, dotI8I8(w[b].qs, x.blocks[b].qs), acc[b & 1]);
     }
-    return sum;
+    return @reduce(.Add, acc[0] + acc[1]);
 }
 
-fn dotQ4_0(w: [*]const quant.BlockQ4_0, x: [*]const quant.BlockQ8_0, n_blocks: usize) f32 {
-    var sum: f32 = 0;
-    for (0..n_blocks) |b| {
-        const q: @Vector(32, i8) = @bitCast(unpackNibbles(&w[b].qs) -% @as(@Vector(32, u8), @splat(8)));
-        const isum = dotI8x32(q, x[b].qs);
-        sum += @as(f32, @floatFromInt(isum)) * @as(f32, @floatCast(w[b].d)) * @as(f32, @floatCast(x[b].d));
+/// q4_0: sum_b d_w (d_x q.x - 8 s_b);  q4_1: sum_b d_w d_x q.x + m_w s_b   (q the unsigned nibbles)
+fn dotQ4(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
+    const bb = comptime w_type.blockBytes().?;
+    var acc = [2]F32x8{ @splat(0), @splat(0) };
+    var offset: f32 = 0;
+    for (0..nb) |b| {
+        const blk = row + b * bb;
+        const dw = f16At(blk);
+        const qs = blk[if (w_type == .q4_1) 4 else 2..][0..16];
+        const dx: f32 = @floatCast(x.blocks[b].d);
+        acc[b & 1] = fma8(dw * dx, dotU8I8(nibbles(qs), x.blocks[b].qs), acc[b & 1]);
+        offset += (if (w_type == .q4_1) f16At(blk + 2) else -8 * dw) * x.sums[b];
     }
-    return sum;
+    return @reduce(.Add, acc[0] + acc[1]) + offset;
 }
 
-fn dotQ4_1(w: [*]const quant.BlockQ4_1, x: [*]const quant.BlockQ8_1, n_blocks: usize) f32 {
-    var sum: f32 = 0;
-    for (0..n_blocks) |b| {
-        const q: @Vector(32, i8) = @bitCast(unpackNibbles(&w[b].qs));
-        const isum = dotI8x32(q, x[b].qs);
-        sum += @as(f32, @floatFromInt(isum)) * @as(f32, @floatCast(w[b].d)) * @as(f32, @floatCast(x[b].d)) +
-            @as(f32, @floatCast(w[b].m)) * @as(f32, @floatCast(x[b].s));
+/// As dotQ4 with a fifth bit per element (qh): offsets -16 (q5_0) or m (q5_1).
+fn dotQ5(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
+    const bb = comptime w_type.blockBytes().?;
+    const qh_at = if (w_type == .q5_1) 4 else 2;
+    var acc = [2]F32x8{ @splat(0), @splat(0) };
+    var offset: f32 = 0;
+    for (0..nb) |b| {
+        const blk = row + b * bb;
+        const dw = f16At(blk);
+        const qh = std.mem.readInt(u32, blk[qh_at..][0..4], .little);
+        const q = nibbles(blk[qh_at + 4 ..][0..16]) | fifthBits(qh);
+        const dx: f32 = @floatCast(x.blocks[b].d);
+        acc[b & 1] = fma8(dw * dx, dotU8I8(q, x.blocks[b].qs), acc[b & 1]);
+        offset += (if (w_type == .q5_1) f16At(blk + 2) else -16 * dw) * x.sums[b];
     }
-    return sum;
+    return @reduce(.Add, acc[0] + acc[1]) + offset;
 }
 
-/// Scalar reference: dequantize both sides to f32, sum in f64. For q4_1 the offset term uses the
-/// stored s (rounded to f16), exactly the quantity the kernel computes.
+// ---------------------------------------------------------------------------------------------
+// K-quants against q8k activations.
+
+/// q4_k/q5_k: per super-block, d_x * (d * sum_j sc_j q_j.x_j - dmin * sum_j m_j bsum_j).
+fn dotQ4K(comptime w_type: DType, row: [*]const u8, x: [*]align(1) const quant.BlockQ8_K, nb: usize) f32 {
+    const bb = comptime w_type.blockBytes().?;
+    const has_qh = w_type == .q5_k;
+    var acc = [2]F32x8{ @splat(0), @splat(0) };
+    var mins: f32 = 0;
+    for (0..nb) |b| {
+        const blk = row + b * bb;
+        const xb = &x[b];
+        const d = f16At(blk) * xb.d;
+        const dmin = f16At(blk + 2) * xb.d;
+        const scales = blk[4..16];
+        const qh: U8x32 = if (has_qh) blk[16..48].* else undefined;
+        const qs = blk[if (has_qh) 48 else 16..][0..128];
+        var msum: i32 = 0;
+        inline for (0..4) |c| {
+            const lo = quant.scaleMinK4(2 * c, scales);
+            const hi = quant.scaleMinK4(2 * c + 1, scales);
+            const bytes: U8x32 = qs[32 * c ..][0..32].*;
+            var q_lo = bytes & @as(U8x32, @splat(0x0f));
+            var q_hi = bytes >> @splat(4);
+            if (has_qh) {
+                q_lo |= ((qh >> @splat(2 * c)) & @as(U8x32, @splat(1))) << @splat(4);
+                q_hi |= ((qh >> @splat(2 * c + 1)) & @as(U8x32, @splat(1))) << @splat(4);
+            }
+            const x_lo: I8x32 = xb.qs[64 * c ..][0..32].*;
+            const x_hi: I8x32 = xb.qs[64 * c + 32 ..][0..32].*;
+            acc[c & 1] = fma8(d * @as(f32, @floatFromInt(lo.sc)), dotU8I8(q_lo, x_lo), acc[c & 1]);
+            acc[c & 1] = fma8(d * @as(f32, @floatFromInt(hi.sc)), dotU8I8(q_hi, x_hi), acc[c & 1]);
+            msum += @as(i32, lo.m) * (@as(i32, xb.bsums[4 * c]) + xb.bsums[4 * c + 1]) +
+                @as(i32, hi.m) * (@as(i32, xb.bsums[4 * c + 2]) + xb.bsums[4 * c + 3]);
+        }
+        mins += dmin * @as(f32, @floatFromInt(msum));
+    }
+    return @reduce(.Add, acc[0] + acc[1]) - mins;
+}
+
+/// q6_k: d_w d_x (sum_g sc_g q_g.x_g - 32 sum_g sc_g bsum_g), groups g of 16 elements.
+fn dotQ6K(w: [*]align(1) const quant.BlockQ6_K, x: [*]align(1) const quant.BlockQ8_K, nb: usize) f32 {
+    var acc = [2]F32x8{ @splat(0), @splat(0) };
+    var offset: f32 = 0;
+    for (0..nb) |b| {
+        const blk = &w[b];
+        const xb = &x[b];
+        const d = @as(f32, @floatCast(blk.d)) * xb.d;
+        var osum: i32 = 0;
+        for (blk.scales, xb.bsums) |sc, bs| osum += @as(i32, sc) * bs;
+        offset += 32 * d * @as(f32, @floatFromInt(osum));
+        inline for (0..2) |half| {
+            const ql0: U8x32 = blk.ql[64 * half ..][0..32].*;
+            const ql1: U8x32 = blk.ql[64 * half + 32 ..][0..32].*;
+            const qh: U8x32 = blk.qh[32 * half ..][0..32].*;
+            const low4: U8x32 = @splat(0x0f);
+            const two: U8x32 = @splat(3);
+            const q = [4]U8x32{
+                (ql0 & low4) | ((qh & two) << @splat(4)),
+                (ql1 & low4) | (((qh >> @splat(2)) & two) << @splat(4)),
+                (ql0 >> @splat(4)) | (((qh >> @splat(4)) & two) << @splat(4)),
+                (ql1 >> @splat(4)) | (((qh >> @splat(6)) & two) << @splat(4)),
+            };
+            inline for (0..4) |k| {
+                const e = 128 * half + 32 * k; // first element of this run of 32
+                const xv: I8x32 = xb.qs[e..][0..32].*;
+                const g = e / 16;
+                // Lanes 0-3 hold elements e..e+15 (scale g), lanes 4-7 hold e+16..e+31 (scale g+1).
+                const s0: f32 = @floatFromInt(blk.scales[g]);
+                const s1: f32 = @floatFromInt(blk.scales[g + 1]);
+                const scale = F32x8{ s0, s0, s0, s0, s1, s1, s1, s1 };
+                acc[k & 1] = @mulAdd(F32x8, scale * @as(F32x8, @splat(d)), @floatFromInt(dotU8I8(q[k], xv)), acc[k & 1]);
+            }
+        }
+    }
+    return @reduce(.Add, acc[0] + acc[1]) - offset;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar reference.
+
+/// Dequantizes both sides and sums the products in f64. For the q8 format the activations are the
+/// dequantized int8 values; the kernels' per-block sums are the same values summed, so the reference
+/// needs no special case.
 pub fn dotReference(w: DType, row: [*]const u8, act: [*]const u8, n: usize, scratch: []f32) f64 {
     const wf = scratch[0..n];
     const xf = scratch[n .. 2 * n];
     quant.dequantizeRow(w, row, wf);
-    quant.dequantizeRow(activationType(w), act, xf);
-    if (w == .q4_1) {
-        // Split x = d*q; the m*sum(x) term is taken from the stored s, as the format defines it.
-        const wq: [*]const quant.BlockQ4_1 = @ptrCast(row);
-        const xq: [*]const quant.BlockQ8_1 = @ptrCast(act);
-        var sum: f64 = 0;
-        for (0..n / qk) |b| {
-            const d: f64 = @floatCast(wq[b].d);
-            const dx: f64 = @floatCast(xq[b].d);
-            var isum: i64 = 0;
-            for (0..qk) |j| {
-                const nib: i64 = if (j < 16) wq[b].qs[j] & 0x0f else wq[b].qs[j - 16] >> 4;
-                isum += nib * xq[b].qs[j];
-            }
-            sum += d * dx * @as(f64, @floatFromInt(isum)) + @as(f64, @floatCast(wq[b].m)) * @as(f64, @floatCast(xq[b].s));
-        }
-        return sum;
-    }
+    dequantizeActivation(w, act, xf);
     var sum: f64 = 0;
     for (wf, xf) |a, b| sum += @as(f64, a) * @as(f64, b);
     return sum;
 }
 
+/// The values a prepared activation stands for.
+pub fn dequantizeActivation(w: DType, act: [*]const u8, out: []f32) void {
+    const n = out.len;
+    switch (activationFormat(w)) {
+        .f32 => quant.dequantizeRow(.f32, act, out),
+        .q8 => quant.dequantizeRow(.q8_0, act + 4 * (n / qk), out),
+        .q8k => quant.dequantizeRow(.q8_k, act, out),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests: every kernel against its scalar reference, on random rows of several lengths.
 
-fn fillRandomRow(rng: std.Random, w: DType, n: usize, bytes: []u8) void {
+pub fn fillRandomRow(rng: std.Random, w: DType, n: usize, bytes: []u8) void {
     switch (w) {
         .f32 => for (std.mem.bytesAsSlice(f32, bytes[0 .. n * 4])) |*v| {
             v.* = rng.floatNorm(f32);
@@ -190,16 +360,18 @@ fn fillRandomRow(rng: std.Random, w: DType, n: usize, bytes: []u8) void {
             std.mem.writeInt(u16, bytes[i * 2 ..][0..2], quant.f32ToBf16(rng.floatNorm(f32)), .little);
         },
         else => {
-            rng.bytes(bytes[0..w.rowBytes(n).?]);
+            const len = w.rowBytes(n).?;
+            rng.bytes(bytes[0..len]);
             // Keep the f16 scales finite and realistic: random bits could be NaN or huge.
             const bb = w.blockBytes().?;
             var off: usize = 0;
-            while (off < w.rowBytes(n).?) : (off += bb) {
+            while (off < len) : (off += bb) {
+                const at = off + quant.scaleOffset(w);
                 const d: f16 = @floatCast(0.001 + rng.float(f32) * 0.05);
-                std.mem.writeInt(u16, bytes[off..][0..2], @bitCast(d), .little);
-                if (w == .q4_1) {
+                std.mem.writeInt(u16, bytes[at..][0..2], @bitCast(d), .little);
+                if (quant.hasMin(w)) {
                     const m: f16 = @floatCast(-0.4 + rng.float(f32) * 0.1);
-                    std.mem.writeInt(u16, bytes[off + 2 ..][0..2], @bitCast(m), .little);
+                    std.mem.writeInt(u16, bytes[at + 2 ..][0..2], @bitCast(m), .little);
                 }
             }
         },
@@ -210,10 +382,11 @@ test "every dot kernel matches its scalar reference" {
     const gpa = std.testing.allocator;
     var prng = std.Random.DefaultPrng.init(1234);
     const rng = prng.random();
-    const types = [_]DType{ .f32, .f16, .bf16, .q8_0, .q4_0, .q4_1 };
-    const lengths = [_]usize{ 32, 64, 96, 288, 576, 4096 };
+    const types = [_]DType{ .f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_k, .q5_k, .q6_k };
+    const lengths = [_]usize{ 256, 512, 768, 2816, 4096 };
     for (types) |w| {
-        for (lengths) |n| {
+        for (lengths ++ [_]usize{ 32, 96, 288, 576 }) |n| {
+            if (w.rowBytes(n) == null) continue; // K-quants need multiples of 256
             const row = try gpa.alloc(u8, w.rowBytes(n).?);
             defer gpa.free(row);
             const x = try gpa.alloc(f32, n);
@@ -227,8 +400,9 @@ test "every dot kernel matches its scalar reference" {
             prepareActivation(w, x, act);
             const got = dot(w, row.ptr, act.ptr, n);
             const want = dotReference(w, row.ptr, act.ptr, n, scratch);
-            // f32 accumulation over n terms: relative error ~ sqrt(n) * 2^-24 of the sum of |terms|;
-            // bound it by 1e-5 of the magnitude scale sqrt(n) * |w| * |x| plus an absolute floor.
+            // f32 accumulation over n terms: bounded by a few ulps of the sum of |terms|; 1e-5 of
+            // that sum is far above it and far below any layout mistake (which moves the result by
+            // a sizeable fraction of it).
             var mag: f64 = 0;
             for (0..n) |i| mag += @abs(@as(f64, scratch[i]) * scratch[n + i]);
             const tol = 1e-5 * mag + 1e-6;
@@ -236,6 +410,29 @@ test "every dot kernel matches its scalar reference" {
                 std.debug.print("dtype {s} n {d}: got {d} want {d} (tol {d})\n", .{ w.name(), n, got, want, tol });
                 return error.TestUnexpectedResult;
             }
+        }
+    }
+}
+
+test "prepared activations stay within half a quantization step" {
+    var prng = std.Random.DefaultPrng.init(7);
+    const rng = prng.random();
+    var x: [512]f32 = undefined;
+    for (&x) |*v| v.* = rng.floatNorm(f32) * 3;
+    var buf: [4096]u8 align(64) = undefined;
+    var back: [512]f32 = undefined;
+    inline for (.{ DType.q4_0, DType.q4_k }) |w| {
+        prepareActivation(w, &x, &buf);
+        dequantizeActivation(w, &buf, &back);
+        const block: usize = if (activationFormat(w) == .q8) qk else qk_k;
+        var b: usize = 0;
+        while (b < x.len) : (b += block) {
+            var amax: f32 = 0;
+            for (x[b..][0..block]) |v| amax = @max(amax, @abs(v));
+            // Half a step (d/2 = amax/254), plus for q8 the f16 rounding of d (|q| <= 127, relative
+            // error 2^-11: at most amax * 2^-11); q8k keeps d in f32.
+            const d16: f32 = if (activationFormat(w) == .q8) amax / 2048.0 else 0;
+            for (x[b..][0..block], back[b..][0..block]) |v, q| try std.testing.expect(@abs(v - q) <= amax / 254.0 * 1.0001 + d16 + 1e-7);
         }
     }
 }

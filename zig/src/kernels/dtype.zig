@@ -66,7 +66,7 @@ pub const DType = enum(u32) {
     /// a dot kernel (activation-only formats such as q8_1 excluded).
     pub fn isWeightType(self: DType) bool {
         return switch (self) {
-            .f32, .f16, .bf16, .q4_0, .q4_1, .q8_0 => true,
+            .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_k, .q5_k, .q6_k => true,
             else => false,
         };
     }

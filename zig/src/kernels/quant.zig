@@ -13,14 +13,63 @@ pub const BlockQ4_0 = extern struct { d: f16 align(1), qs: [16]u8 };
 pub const BlockQ4_1 = extern struct { d: f16 align(1), m: f16 align(1), qs: [16]u8 };
 /// (32,) x = q * d, q in -127..127 (weights), -128..127 possible.
 pub const BlockQ8_0 = extern struct { d: f16 align(1), qs: [32]i8 };
-/// (32,) activation format paired with Q4_1: s = d * sum(qs) carries the offset term.
-pub const BlockQ8_1 = extern struct { d: f16 align(1), s: f16 align(1), qs: [32]i8 };
+/// (32,) x = (q - 16) * d, q = nibble | (bit j of qh) << 4; qh is a little-endian u32.
+pub const BlockQ5_0 = extern struct { d: f16 align(1), qh: [4]u8, qs: [16]u8 };
+/// (32,) x = q * d + m, q as in Q5_0.
+pub const BlockQ5_1 = extern struct { d: f16 align(1), m: f16 align(1), qh: [4]u8, qs: [16]u8 };
+
+pub const qk_k = 256; // elements per K-quant super-block
+
+/// (256,) 8 sub-blocks of 32 with 6-bit scales and mins packed in `scales` (see scaleMinK4);
+/// x = d * sc * q - dmin * m, q a nibble. Each 64 elements share 32 bytes of qs: low nibbles are
+/// the first 32 elements, high nibbles the next 32.
+pub const BlockQ4_K = extern struct { d: f16 align(1), dmin: f16 align(1), scales: [12]u8, qs: [128]u8 };
+/// (256,) as Q4_K plus a fifth bit per element in qh: bit (2i) of qh[l] for element 64i + l,
+/// bit (2i+1) for element 64i + 32 + l.
+pub const BlockQ5_K = extern struct { d: f16 align(1), dmin: f16 align(1), scales: [12]u8, qh: [32]u8, qs: [128]u8 };
+/// (256,) x = d * scales[g] * (q - 32), q 6 bits: low 4 in ql, high 2 in qh; 16 groups of 16.
+pub const BlockQ6_K = extern struct { ql: [128]u8, qh: [64]u8, scales: [16]i8, d: f16 align(1) };
+/// (256,) activation format paired with the K-quants: x = d * q, with bsums[g] = sum of q over
+/// elements 16g..16g+15 (so the K-quants' min terms need no per-row pass over x).
+pub const BlockQ8_K = extern struct { d: f32 align(1), qs: [256]i8, bsums: [16]i16 align(1) };
 
 comptime {
     std.debug.assert(@sizeOf(BlockQ4_0) == DType.q4_0.blockBytes().?);
     std.debug.assert(@sizeOf(BlockQ4_1) == DType.q4_1.blockBytes().?);
     std.debug.assert(@sizeOf(BlockQ8_0) == DType.q8_0.blockBytes().?);
-    std.debug.assert(@sizeOf(BlockQ8_1) == DType.q8_1.blockBytes().?);
+    std.debug.assert(@sizeOf(BlockQ5_0) == DType.q5_0.blockBytes().?);
+    std.debug.assert(@sizeOf(BlockQ5_1) == DType.q5_1.blockBytes().?);
+    std.debug.assert(@sizeOf(BlockQ4_K) == DType.q4_k.blockBytes().?);
+    std.debug.assert(@sizeOf(BlockQ5_K) == DType.q5_k.blockBytes().?);
+    std.debug.assert(@sizeOf(BlockQ6_K) == DType.q6_k.blockBytes().?);
+    std.debug.assert(@sizeOf(BlockQ8_K) == DType.q8_k.blockBytes().?);
+}
+
+/// Scale and min of sub-block j (0..7) of a Q4_K/Q5_K block, unpacked from its 12 bytes: sub-blocks
+/// 0..3 keep 6 bits in the low bits of bytes j and j+4; 4..7 keep 4 low bits in byte j+4 and their
+/// top 2 bits in the top bits of bytes j-4 and j.
+pub inline fn scaleMinK4(j: usize, q: *const [12]u8) struct { sc: u8, m: u8 } {
+    if (j < 4) return .{ .sc = q[j] & 63, .m = q[j + 4] & 63 };
+    return .{
+        .sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+        .m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+    };
+}
+
+/// Byte offset of the first f16 scale in a block of `dtype` (Q6_K keeps its d at the end).
+pub fn scaleOffset(dtype: DType) usize {
+    return switch (dtype) {
+        .q6_k => 208,
+        else => 0,
+    };
+}
+
+/// Whether blocks of `dtype` carry an f16 offset/min right after the scale.
+pub fn hasMin(dtype: DType) bool {
+    return switch (dtype) {
+        .q4_1, .q5_1, .q4_k, .q5_k => true,
+        else => false,
+    };
 }
 
 pub inline fn bf16ToF32(bits: u16) f32 {
@@ -83,11 +132,78 @@ pub fn dequantizeRow(dtype: DType, src: [*]const u8, dst: []f32) void {
                 for (0..qk) |j| dst[b * qk + j] = @as(f32, @floatFromInt(blocks[b].qs[j])) * d;
             }
         },
-        .q8_1 => {
-            const blocks: [*]const BlockQ8_1 = @ptrCast(src);
+        .q5_0, .q5_1 => {
+            // q5_0: {d, qh[4], qs[16]}; q5_1: {d, m, qh[4], qs[16]}
+            const qh_at: usize = if (dtype == .q5_1) 4 else 2;
             for (0..n / qk) |b| {
-                const d: f32 = @floatCast(blocks[b].d);
-                for (0..qk) |j| dst[b * qk + j] = @as(f32, @floatFromInt(blocks[b].qs[j])) * d;
+                const blk = src + b * dtype.blockBytes().?;
+                const d = readF16(blk[0..2]);
+                const m: f32 = if (dtype == .q5_1) readF16(blk[2..4]) else -16 * d;
+                const qh = std.mem.readInt(u32, blk[qh_at..][0..4], .little);
+                const qs = blk[qh_at + 4 ..][0..16];
+                for (0..16) |j| {
+                    const lo: u32 = (qs[j] & 0x0f) | (((qh >> @intCast(j)) & 1) << 4);
+                    const hi: u32 = (qs[j] >> 4) | (((qh >> @intCast(j + 16)) & 1) << 4);
+                    dst[b * qk + j] = @as(f32, @floatFromInt(lo)) * d + m;
+                    dst[b * qk + j + 16] = @as(f32, @floatFromInt(hi)) * d + m;
+                }
+            }
+        },
+        .q4_k, .q5_k => {
+            const bb = dtype.blockBytes().?;
+            for (0..n / qk_k) |b| {
+                const blk = src + b * bb;
+                const d = readF16(blk[0..2]);
+                const dmin = readF16(blk[2..4]);
+                const scales = blk[4..16];
+                const qh: ?*const [32]u8 = if (dtype == .q5_k) blk[16..48] else null;
+                const qs = blk[if (dtype == .q5_k) 48 else 16..][0..128];
+                const out = dst[b * qk_k ..][0..qk_k];
+                for (0..4) |c| { // chunks of 64 elements sharing 32 bytes of qs
+                    const lo = scaleMinK4(2 * c, scales);
+                    const hi = scaleMinK4(2 * c + 1, scales);
+                    for (0..32) |l| {
+                        var q0: u32 = qs[32 * c + l] & 0x0f;
+                        var q1: u32 = qs[32 * c + l] >> 4;
+                        if (qh) |h| {
+                            q0 |= @as(u32, (h[l] >> @intCast(2 * c)) & 1) << 4;
+                            q1 |= @as(u32, (h[l] >> @intCast(2 * c + 1)) & 1) << 4;
+                        }
+                        out[64 * c + l] = d * @as(f32, @floatFromInt(lo.sc)) * @as(f32, @floatFromInt(q0)) - dmin * @as(f32, @floatFromInt(lo.m));
+                        out[64 * c + 32 + l] = d * @as(f32, @floatFromInt(hi.sc)) * @as(f32, @floatFromInt(q1)) - dmin * @as(f32, @floatFromInt(hi.m));
+                    }
+                }
+            }
+        },
+        .q6_k => {
+            const blocks: [*]align(1) const BlockQ6_K = @ptrCast(src);
+            for (0..n / qk_k) |b| {
+                const blk = &blocks[b];
+                const d: f32 = @floatCast(blk.d);
+                const out = dst[b * qk_k ..][0..qk_k];
+                for (0..2) |half| { // two halves of 128 elements: 64 bytes of ql, 32 of qh each
+                    const ql = blk.ql[64 * half ..][0..64];
+                    const qh = blk.qh[32 * half ..][0..32];
+                    const sc = blk.scales[8 * half ..][0..8];
+                    for (0..32) |l| {
+                        const g = l / 16;
+                        const q = [4]i32{
+                            @as(i32, (ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32,
+                            @as(i32, (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32,
+                            @as(i32, (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32,
+                            @as(i32, (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32,
+                        };
+                        inline for (0..4) |k| {
+                            out[128 * half + 32 * k + l] = d * @as(f32, @floatFromInt(sc[g + 2 * k])) * @as(f32, @floatFromInt(q[k]));
+                        }
+                    }
+                }
+            }
+        },
+        .q8_k => {
+            const blocks: [*]align(1) const BlockQ8_K = @ptrCast(src);
+            for (0..n / qk_k) |b| {
+                for (0..qk_k) |j| dst[b * qk_k + j] = @as(f32, @floatFromInt(blocks[b].qs[j])) * blocks[b].d;
             }
         },
         else => unreachable, // load-time checks keep other types away from here
@@ -105,24 +221,41 @@ fn quantizeBlock8(x: *const [qk]f32, qs: *[qk]i8) f32 {
     return d;
 }
 
-/// Activations for Q4_0 and Q8_0 weights. `x.len` is a multiple of 32.
-pub fn quantizeRowQ8_0(x: []const f32, out: []BlockQ8_0) void {
-    std.debug.assert(x.len == out.len * qk);
-    for (out, 0..) |*blk, b| {
+/// Activations for the 32-element weight types: Q8_0 blocks plus, per block, sum = d * sum(q) in
+/// f32 (the offset terms of Q4_0/Q5_0 and the mins of Q4_1/Q5_1 multiply it, once per row instead
+/// of once per row and element). `x.len` is a multiple of 32.
+pub fn quantizeRowQ8Sums(x: []const f32, blocks: []BlockQ8_0, sums: []f32) void {
+    std.debug.assert(x.len == blocks.len * qk and sums.len == blocks.len);
+    for (blocks, sums, 0..) |*blk, *sum, b| {
         const d = quantizeBlock8(x[b * qk ..][0..qk], &blk.qs);
         blk.d = @floatCast(d);
+        var isum: i32 = 0;
+        for (blk.qs) |q| isum += q;
+        // The kernels multiply by the f16-rounded d, so the sum uses it too.
+        sum.* = @as(f32, @floatCast(blk.d)) * @as(f32, @floatFromInt(isum));
     }
 }
 
-/// Activations for Q4_1 weights: like Q8_0 plus s = d * sum(q), which carries the weights' offset m.
-pub fn quantizeRowQ8_1(x: []const f32, out: []BlockQ8_1) void {
-    std.debug.assert(x.len == out.len * qk);
+/// Activations for the K-quants: d = max|x| / 127 per 256 elements, plus the 16-element sums.
+pub fn quantizeRowQ8K(x: []const f32, out: []align(1) BlockQ8_K) void {
+    std.debug.assert(x.len == out.len * qk_k);
     for (out, 0..) |*blk, b| {
-        const d = quantizeBlock8(x[b * qk ..][0..qk], &blk.qs);
-        var sum: i32 = 0;
-        for (blk.qs) |q| sum += q;
-        blk.d = @floatCast(d);
-        blk.s = @floatCast(d * @as(f32, @floatFromInt(sum)));
+        const v = x[b * qk_k ..][0..qk_k];
+        var amax: f32 = 0;
+        for (v) |e| amax = @max(amax, @abs(e));
+        const d = amax / 127.0;
+        const id: f32 = if (d != 0) 1.0 / d else 0;
+        var qs: [qk_k]i8 = undefined;
+        for (v, &qs) |e, *q| q.* = @intFromFloat(@round(e * id));
+        blk.qs = qs;
+        blk.d = d;
+        var bsums: [16]i16 = undefined;
+        for (&bsums, 0..) |*bs, g| {
+            var s: i16 = 0;
+            for (qs[16 * g ..][0..16]) |q| s += q;
+            bs.* = s;
+        }
+        blk.bsums = bsums;
     }
 }
 
@@ -143,17 +276,45 @@ test "bf16 round trip rounds to nearest even" {
     try std.testing.expectEqual(@as(u16, 0x3f80), f32ToBf16(1.0 + 1.0 / 256.0));
 }
 
-test "q8_1 carries d * sum(q)" {
-    var x: [32]f32 = undefined;
+test "q8 activations carry d * sum(q) per block" {
+    var x: [64]f32 = undefined;
     for (&x, 0..) |*v, i| v.* = @as(f32, @floatFromInt(i)) - 10;
-    var blk: [1]BlockQ8_1 = undefined;
-    quantizeRowQ8_1(&x, &blk);
-    var back: [32]f32 = undefined;
-    dequantizeRow(.q8_1, @ptrCast(&blk), &back);
-    var sum: f32 = 0;
-    for (back, x) |b, v| {
-        try std.testing.expectApproxEqAbs(v, b, 21.0 / 254.0 + 1e-6);
-        sum += b;
+    var blk: [2]BlockQ8_0 = undefined;
+    var sums: [2]f32 = undefined;
+    quantizeRowQ8Sums(&x, &blk, &sums);
+    var back: [64]f32 = undefined;
+    dequantizeRow(.q8_0, @ptrCast(&blk), &back);
+    for (0..2) |b| {
+        var sum: f32 = 0;
+        for (back[32 * b ..][0..32], x[32 * b ..][0..32]) |q, v| {
+            try std.testing.expectApproxEqAbs(v, q, 54.0 / 254.0 + 1e-6);
+            sum += q;
+        }
+        try std.testing.expectApproxEqRel(sum, sums[b], 1e-5);
     }
-    try std.testing.expectApproxEqRel(sum, @as(f32, @floatCast(blk[0].s)), 1e-3);
+}
+
+test "q4_k scale/min unpacking follows the 6-bit packing" {
+    // Sub-block 5: scale = low 4 bits of byte 9 | top 2 bits of byte 1 << 4; min = high 4 bits of
+    // byte 9 | top 2 bits of byte 5 << 4.
+    var q = [_]u8{0} ** 12;
+    q[9] = 0xa7;
+    q[1] = 0b1100_0000;
+    q[5] = 0b0100_0000;
+    const r = scaleMinK4(5, &q);
+    try std.testing.expectEqual(@as(u8, 0x7 | (3 << 4)), r.sc);
+    try std.testing.expectEqual(@as(u8, 0xa | (1 << 4)), r.m);
+}
+
+test "q6_k dequantizes its 6-bit values around 32" {
+    var blk = std.mem.zeroes(BlockQ6_K);
+    blk.d = 1.0;
+    for (&blk.scales) |*s| s.* = 1;
+    blk.ql[0] = 0x0f; // element 0: low 4 bits 15, element 64: high nibble 0
+    blk.qh[0] = 0b11; // element 0 gets 3 << 4 -> q = 63
+    var out: [256]f32 = undefined;
+    dequantizeRow(.q6_k, @ptrCast(&blk), &out);
+    try std.testing.expectEqual(@as(f32, 31), out[0]);
+    try std.testing.expectEqual(@as(f32, -32), out[64]);
+    try std.testing.expectEqual(@as(f32, -32), out[1]);
 }

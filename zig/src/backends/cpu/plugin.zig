@@ -23,9 +23,9 @@ fn supports(ctx: ?*anyopaque, op: u32, dtype: u32) callconv(.c) bool {
     return known_op and @as(DType, @enumFromInt(dtype)).isWeightType();
 }
 
-fn activationDType(ctx: ?*anyopaque, weight_dtype: u32) callconv(.c) u32 {
+fn activationFormat(ctx: ?*anyopaque, weight_dtype: u32) callconv(.c) u32 {
     _ = ctx;
-    return @intFromEnum(dot.activationType(@enumFromInt(weight_dtype)));
+    return @intFromEnum(dot.activationFormat(@enumFromInt(weight_dtype)));
 }
 
 fn activationBytes(ctx: ?*anyopaque, weight_dtype: u32, n: u64) callconv(.c) u64 {
@@ -62,7 +62,7 @@ const table = api.BackendApi{
     .init = init,
     .deinit = deinit,
     .supports = supports,
-    .activation_dtype = activationDType,
+    .activation_format = activationFormat,
     .activation_bytes = activationBytes,
     .prepare_activation = prepareActivation,
     .matvec = matvec,
