@@ -20,6 +20,14 @@ step "format, lint, types"
 step "zig build test"
 (cd zig && "$zig" build test --summary all)
 
+step "zig build test for aarch64 under qemu (the NEON path of the kernels)"
+# Static musl binaries, so qemu-user needs no aarch64 glibc.
+if command -v qemu-aarch64 >/dev/null; then
+  (cd zig && "$zig" build test -Dtarget=aarch64-linux-musl -fqemu --summary all)
+else
+  echo "skipped: qemu-aarch64 is not installed (Debian: apt-get install qemu-user); .ci/run installs it" >&2
+fi
+
 step "zig build (ReleaseFast)"
 (cd zig && "$zig" build -Doptimize=ReleaseFast)
 
