@@ -37,7 +37,14 @@
  *
  * @module
  */
-export { loadModel, type LoadModelOptions, Model, type ModelInfo, type SessionOptions } from "./core/model.ts";
+export {
+  loadModel,
+  type LoadModelOptions,
+  Model,
+  type ModelDefaults,
+  type ModelInfo,
+  type SessionOptions,
+} from "./core/model.ts";
 export {
   type Completion,
   type GenerateOptions,

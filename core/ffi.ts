@@ -32,6 +32,8 @@ const symbols = {
   sp_layout: { parameters: ["buffer"], result: "void" },
   /** u64 sp_dtype_row_bytes(u32 dtype, u64 n) */
   sp_dtype_row_bytes: { parameters: ["u32", "u64"], result: "u64" },
+  /** bool sp_weight_type_supported(u32 dtype) */
+  sp_weight_type_supported: { parameters: ["u32"], result: "bool" },
   /** u64 sp_last_error(Model* model_or_null, Session* session_or_null, u8* buf, u64 cap) */
   sp_last_error: { parameters: ["pointer", "pointer", "buffer", "u64"], result: "u64" },
   /** i32 sp_model_open(const u8* path, u64 path_len, const u8* desc, u64 desc_len, Model** out) */

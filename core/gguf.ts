@@ -236,6 +236,8 @@ function readValue(r: HeaderReader, type: number, key: string, depth: number): G
     }
     if (elemType === GgufValueType.BOOL) {
       const raw = r.bytes(count, `elements of '${key}'`);
+      const bad = raw.findIndex((b) => b > 1);
+      if (bad >= 0) r.fail(`element ${bad} of '${key}' is a bool stored as ${raw[bad]}`);
       return Array.from(raw, (b) => b === 1);
     }
     if (elemType === GgufValueType.STRING) {
@@ -311,13 +313,15 @@ function parse(r: HeaderReader): GgufFile {
   }
 
   let alignment = defaultAlignment;
-  const alignValue = metadata.get("general.alignment");
-  if (alignValue !== undefined) {
-    if (
-      typeof alignValue !== "number" || !Number.isInteger(alignValue) || alignValue <= 0 ||
-      (alignValue & (alignValue - 1)) !== 0
-    ) {
-      r.fail(`general.alignment = ${String(alignValue)} is not a power of two`);
+  const alignRaw = metadata.get("general.alignment");
+  if (alignRaw !== undefined) {
+    // The spec says u32, but writers also use other integer types; accept any integer that fits.
+    const alignValue = typeof alignRaw === "bigint" && alignRaw <= BigInt(1 << 30) ? Number(alignRaw) : alignRaw;
+    if (typeof alignValue !== "number" || !Number.isInteger(alignValue)) {
+      r.fail(`general.alignment = ${String(alignRaw)} is not an integer`);
+    }
+    if (alignValue <= 0 || alignValue > 1 << 30 || (alignValue & (alignValue - 1)) !== 0) {
+      r.fail(`general.alignment = ${alignValue} is not a power of two`);
     }
     alignment = alignValue;
   }

@@ -209,11 +209,23 @@ export function writeGguf(
   tensors: readonly TensorToWrite[],
   options: WriteGgufOptions = {},
 ): number {
-  const alignment = options.alignment ?? 32;
+  // A `general.alignment` in the metadata is what readers will use, so it decides the padding.
+  const declared = metadata.find(([k]) => k === "general.alignment")?.[1];
+  const declaredValue = declared && "value" in declared && typeof declared.value !== "string"
+    ? Number(declared.value)
+    : undefined;
+  if (declaredValue !== undefined && options.alignment !== undefined && declaredValue !== options.alignment) {
+    throw new SparrowError(
+      "invalid_argument",
+      `general.alignment = ${declaredValue} in the metadata contradicts the alignment option ${options.alignment}`,
+    );
+  }
+  const alignment = declaredValue ?? options.alignment ?? 32;
+  if (!Number.isInteger(alignment) || alignment < 1 || (alignment & (alignment - 1)) !== 0) {
+    throw new SparrowError("invalid_argument", `alignment ${alignment} is not a power of two`);
+  }
   const h = new HeaderBuffer();
-  const kv = alignment === 32 || metadata.some(([k]) => k === "general.alignment")
-    ? metadata
-    : [...metadata, ["general.alignment", gv.u32(alignment)] as const];
+  const kv = alignment === 32 || declared ? metadata : [...metadata, ["general.alignment", gv.u32(alignment)] as const];
   h.u8(0x47), h.u8(0x47), h.u8(0x55), h.u8(0x46); // "GGUF"
   h.u32(3);
   h.u64(tensors.length);

@@ -1,16 +1,24 @@
 /**
- * Loading a model: read and check the GGUF header, resolve the architecture's tensors, build the
- * tokenizer from the file's metadata, and have the core map and validate the weights.
+ * Loading a model: check the options, read and check the GGUF header, resolve the architecture's
+ * tensors and their types, build the tokenizer from the file's metadata, and have the core map and
+ * validate the weights.
  *
  * @module
  */
 import { loadBackend } from "./backend_loader.ts";
-import { defaultBackend } from "../backends/registry.ts";
+import { backends, defaultBackend } from "../backends/registry.ts";
 import { NativeModel, NativeSession } from "./engine.ts";
 import { SparrowError } from "./errors.ts";
+import { core } from "./ffi.ts";
 import { type GgufFile, readGguf } from "./gguf.ts";
-import { ggmlTypeName } from "./gguf_types.ts";
-import { type Activation, encodeModelDesc, type LlamaHparams, type RopeLayout } from "./model_desc.ts";
+import { ggmlTypeName, ggmlTypes } from "./gguf_types.ts";
+import {
+  type Activation,
+  encodeModelDesc,
+  type LlamaHparams,
+  type LlamaTensors,
+  type RopeLayout,
+} from "./model_desc.ts";
 import { llamaHparams, llamaTensors } from "../models/llama.ts";
 import { type GenerateOptions, type GenerationEvent, Session } from "./session.ts";
 import { type Tokenizer, tokenizerFromGguf } from "./tokenizer.ts";
@@ -29,6 +37,18 @@ export interface LoadModelOptions {
   activation?: Activation;
   /** Replace the file's RoPE pairing. */
   ropeLayout?: RopeLayout;
+}
+
+/** The session defaults of a loaded model. */
+export interface ModelDefaults {
+  /** Threads per session. */
+  threads: number;
+  /** Backend plugin name. */
+  backend: string;
+  /** KV cache positions per session. */
+  contextLength: number;
+  /** Most prompt tokens evaluated per call. */
+  batchSize: number;
 }
 
 /** Options of {@link Model.createSession}. */
@@ -70,6 +90,58 @@ function positiveInt(name: string, v: number, max: number): number {
   return v;
 }
 
+/** Checks the options before anything is read or mapped, so bad options leave nothing behind. */
+function resolveOptions(options: LoadModelOptions): Omit<ModelDefaults, "contextLength"> & { contextLength?: number } {
+  const backend = options.backend ?? defaultBackend;
+  if (!backends.has(backend)) {
+    throw new SparrowError(
+      "invalid_argument",
+      `unknown backend '${backend}' (known: ${[...backends.keys()].join(", ")})`,
+    );
+  }
+  return {
+    threads: positiveInt("threads", options.threads ?? navigator.hardwareConcurrency ?? 1, 256),
+    backend,
+    contextLength: options.contextLength === undefined
+      ? undefined
+      : positiveInt("contextLength", options.contextLength, 1 << 20),
+    batchSize: positiveInt("batchSize", options.batchSize ?? 128, 4096),
+  };
+}
+
+/**
+ * Refuses tensors the engine cannot compute with, naming the file, the tensor and its type: matrices
+ * must be of a type the core has kernels for, norms must be F32.
+ */
+function checkTensorTypes(path: string, tensors: LlamaTensors): void {
+  const c = core();
+  const matrices = [tensors.tokenEmbd, ...(tensors.output ? [tensors.output] : [])];
+  const norms = [tensors.outputNorm];
+  for (const l of tensors.layers) {
+    matrices.push(l.attnQ, l.attnK, l.attnV, l.attnOutput, l.ffnGate, l.ffnUp, l.ffnDown);
+    norms.push(l.attnNorm, l.ffnNorm);
+  }
+  for (const t of matrices) {
+    if (!c.sp_weight_type_supported(t.type)) {
+      const supported = ggmlTypes.filter((g) => c.sp_weight_type_supported(g.id)).map((g) => g.name);
+      throw new SparrowError(
+        "unsupported",
+        `${path}: tensor '${t.name}' has type ${ggmlTypeName(t.type)}, which sparrow cannot compute with (supported: ${
+          supported.join(", ")
+        })`,
+      );
+    }
+  }
+  for (const t of norms) {
+    if (t.type !== 0) {
+      throw new SparrowError(
+        "unsupported",
+        `${path}: norm tensor '${t.name}' has type ${ggmlTypeName(t.type)}; norms must be F32`,
+      );
+    }
+  }
+}
+
 /**
  * A loaded model: weights mapped by the core, tokenizer, and defaults for its sessions.
  * Create with {@link loadModel}; close when done (or `using`).
@@ -81,30 +153,17 @@ export class Model {
   readonly tokenizer: Tokenizer;
   /** The GGUF header. */
   readonly gguf: GgufFile;
+  /** The defaults sessions of this model are created with. */
+  readonly defaults: Readonly<ModelDefaults>;
   readonly #native: NativeModel;
-  readonly #options: Required<Omit<LoadModelOptions, "activation" | "ropeLayout">>;
 
   /** @internal Use {@link loadModel}. */
-  constructor(gguf: GgufFile, info: ModelInfo, tokenizer: Tokenizer, native: NativeModel, options: LoadModelOptions) {
+  constructor(gguf: GgufFile, info: ModelInfo, tokenizer: Tokenizer, native: NativeModel, defaults: ModelDefaults) {
     this.gguf = gguf;
     this.info = info;
     this.tokenizer = tokenizer;
     this.#native = native;
-    this.#options = {
-      threads: positiveInt("threads", options.threads ?? navigator.hardwareConcurrency ?? 1, 256),
-      backend: options.backend ?? defaultBackend,
-      contextLength: positiveInt(
-        "contextLength",
-        options.contextLength ?? Math.min(info.hparams.contextLength, 4096),
-        1 << 20,
-      ),
-      batchSize: positiveInt("batchSize", options.batchSize ?? 128, 4096),
-    };
-  }
-
-  /** The defaults sessions of this model are created with. */
-  get defaults(): Readonly<Required<Omit<LoadModelOptions, "activation" | "ropeLayout">>> {
-    return this.#options;
+    this.defaults = defaults;
   }
 
   /**
@@ -114,13 +173,14 @@ export class Model {
    * @returns A session; close it when done.
    */
   createSession(options: SessionOptions = {}): Session {
-    const backend = loadBackend(this.#options.backend);
-    const native = new NativeSession(this.#native, backend, {
-      contextLength: positiveInt("contextLength", options.contextLength ?? this.#options.contextLength, 1 << 20),
-      threads: positiveInt("threads", options.threads ?? this.#options.threads, 256),
-      batchSize: positiveInt("batchSize", options.batchSize ?? this.#options.batchSize, 4096),
+    const d = this.defaults;
+    const settings = {
+      contextLength: positiveInt("contextLength", options.contextLength ?? d.contextLength, 1 << 20),
+      threads: positiveInt("threads", options.threads ?? d.threads, 256),
+      batchSize: positiveInt("batchSize", options.batchSize ?? d.batchSize, 4096),
       allLogits: options.allLogits ?? false,
-    });
+    };
+    const native = new NativeSession(this.#native, loadBackend(d.backend), settings);
     return new Session(native, this.tokenizer);
   }
 
@@ -178,9 +238,10 @@ export class Model {
  * @param path Path of the `.gguf` file.
  * @param options Threads, backend, context length and overrides.
  * @returns The model; close it when done.
- * @throws {SparrowError} `io` for an unreadable file; `bad_model` for a corrupt file, a missing tensor
- * or a shape that does not match; `unsupported` for another architecture or a tensor type the
- * engine cannot compute with; `native_library_missing` when the core cannot be found or built.
+ * @throws {SparrowError} `invalid_argument` for bad options; `io` for an unreadable file;
+ * `bad_model` for a corrupt file, a missing tensor or a shape that does not match; `unsupported`
+ * for another architecture or a tensor type the engine cannot compute with;
+ * `native_library_missing` when the core cannot be found or built.
  *
  * @example
  * ```ts ignore
@@ -192,9 +253,11 @@ export class Model {
 export function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
   // Synchronous work today; a Promise so loading can move off the main thread without an API change.
   return Promise.resolve().then(() => {
+    const resolved = resolveOptions(options);
     const gguf = readGguf(path);
     const hparams = llamaHparams(gguf, { activation: options.activation, ropeLayout: options.ropeLayout });
     const tensors = llamaTensors(gguf, hparams);
+    checkTensorTypes(path, tensors);
     const tokenizer = tokenizerFromGguf(gguf.metadata, path);
     if (tokenizer.vocabSize !== hparams.vocabSize) {
       throw new SparrowError(
@@ -221,6 +284,7 @@ export function loadModel(path: string, options: LoadModelOptions = {}): Promise
       tiedEmbeddings: tensors.output === undefined,
     };
     const native = NativeModel.open(path, encodeModelDesc(hparams, tensors));
-    return new Model(gguf, info, tokenizer, native, options);
+    const contextLength = resolved.contextLength ?? Math.min(hparams.contextLength, 4096);
+    return new Model(gguf, info, tokenizer, native, { ...resolved, contextLength });
   });
 }

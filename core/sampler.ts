@@ -67,6 +67,14 @@ function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
 
+/** NaN or +Infinity logits cannot be sampled from: the model's numbers have broken down. */
+function badLogit(token: number, value: number): never {
+  throw new SparrowError(
+    "bad_model",
+    `the model produced a logit of ${value} for token ${token}; its weights may be corrupt or its activations overflowed`,
+  );
+}
+
 function check(name: string, v: number, lo: number, hi: number): void {
   if (!(v >= lo && v <= hi)) {
     throw new SparrowError("invalid_argument", `sampler option ${name} = ${v} is outside [${lo}, ${hi}]`);
@@ -115,6 +123,9 @@ export class Sampler {
     this.#repeatLastN = options.repeatLastN ?? 64;
     check("temperature", this.#temperature, -Infinity, 100);
     check("topK", this.#topK, 0, 1 << 24);
+    if (!Number.isInteger(this.#topK)) {
+      throw new SparrowError("invalid_argument", `sampler option topK = ${this.#topK} is not a whole number`);
+    }
     check("topP", this.#topP, 0, 1);
     check("minP", this.#minP, 0, 1);
     check("repeatPenalty", this.#repeatPenalty, 0.01, 100);
@@ -136,6 +147,7 @@ export class Sampler {
    * @returns The chosen token id.
    */
   sample(logits: Float32Array, history: readonly number[]): number {
+    if (logits.length === 0) throw new SparrowError("invalid_argument", "no logits to sample from");
     const penalized = this.#penalized(history);
     const score = (i: number) => {
       const p = penalized.get(i);
@@ -146,6 +158,7 @@ export class Sampler {
       let bestScore = -Infinity;
       for (let i = 0; i < logits.length; i++) {
         const s = penalized.size ? score(i) : logits[i];
+        if (!(s < Infinity)) badLogit(i, s);
         if (s > bestScore) {
           bestScore = s;
           best = i;
@@ -177,7 +190,11 @@ export class Sampler {
     const ids = this.#ids;
     const vals = this.#vals;
     let max = -Infinity;
-    for (let i = 0; i < vocab; i++) max = Math.max(max, anyPenalty ? score(i) : logits[i]);
+    for (let i = 0; i < vocab; i++) {
+      const s = anyPenalty ? score(i) : logits[i];
+      if (!(s < Infinity)) badLogit(i, s);
+      if (s > max) max = s;
+    }
     // min-p in logit space: p_i >= minP * p_max  <=>  s_i >= s_max + T * ln(minP). Dropping those
     // first keeps the sort below small; top-k/top-p only ever remove more.
     const floor = this.#minP > 0 ? max + this.#temperature * Math.log(this.#minP) : -Infinity;

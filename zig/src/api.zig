@@ -7,7 +7,8 @@ const backend_api = @import("backend_api");
 const kernels = @import("kernels");
 const status = @import("status.zig");
 const desc = @import("engine/model_desc.zig");
-const Model = @import("engine/model.zig").Model;
+const model_mod = @import("engine/model.zig");
+const Model = model_mod.Model;
 const session_mod = @import("engine/session.zig");
 const Session = session_mod.Session;
 const forward = @import("engine/forward.zig");
@@ -39,6 +40,12 @@ export fn sp_dtype_row_bytes(dtype: u32, n: u64) u64 {
     return dt.rowBytes(n) orelse 0;
 }
 
+/// Whether weights of GGML type `dtype` can be computed with (the kernels have a dot product for it).
+export fn sp_weight_type_supported(dtype: u32) bool {
+    const dt: kernels.DType = @enumFromInt(dtype);
+    return dt.isWeightType();
+}
+
 /// Copies the last error message of `model`, `session`, or (both null) this thread's last handle-less
 /// call into `buf`; returns the message's full length.
 export fn sp_last_error(model: ?*Model, session: ?*Session, buf: [*]u8, cap: u64) u64 {
@@ -48,13 +55,8 @@ export fn sp_last_error(model: ?*Model, session: ?*Session, buf: [*]u8, cap: u64
 
 export fn sp_model_open(path: [*]const u8, path_len: u64, desc_ptr: [*]const u8, desc_len: u64, out: *?*Model) i32 {
     out.* = null;
-    return switch (Model.open(allocator, path[0..path_len], desc_ptr[0..desc_len], &global_sink)) {
-        .ok => |m| blk: {
-            out.* = m;
-            break :blk Status.ok.code();
-        },
-        .err => |s| s.code(),
-    };
+    out.* = Model.open(allocator, path[0..path_len], desc_ptr[0..desc_len], &global_sink) catch |e| return model_mod.status(e).code();
+    return Status.ok.code();
 }
 
 /// Refused (busy) while sessions on the model are open.
@@ -68,13 +70,9 @@ export fn sp_model_close(model: *Model) i32 {
 
 export fn sp_session_create(model: *Model, table: *const backend_api.BackendApi, opts: *const session_mod.SessionOptions, out: *?*Session) i32 {
     out.* = null;
-    return switch (Session.create(allocator, model, table, opts.*, &global_sink)) {
-        .ok => |s| blk: {
-            out.* = s;
-            break :blk Status.ok.code();
-        },
-        .err => |s| s.code(),
-    };
+    var status_out: Status = .internal;
+    out.* = Session.create(allocator, model, table, opts.*, &global_sink, &status_out) catch return status_out.code();
+    return Status.ok.code();
 }
 
 /// Refused (busy) while an eval runs on the session.

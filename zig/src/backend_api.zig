@@ -63,7 +63,8 @@ pub const BackendApi = extern struct {
     api_version: u32,
     /// @sizeOf(BackendApi) as the plugin was built: lets a core detect a truncated table.
     struct_size: u32,
-    name: [*:0]const u8,
+    /// Required (null is tolerated in messages only).
+    name: ?[*:0]const u8,
     /// Required.
     init: ?InitFn,
     /// Required.
@@ -84,15 +85,18 @@ pub const BackendApi = extern struct {
     sync: ?SyncFn,
 };
 
-/// Checks a table handed over from TypeScript; on failure writes why into `why` and returns false.
+/// Checks a table handed over from TypeScript; on failure writes why into `why` and returns it.
+/// Reads nothing past `api_version` until that matches: a table of another version may have
+/// another layout, and its `name` may not be where this version keeps it.
 pub fn validate(api: *const BackendApi, why: []u8) ?[]const u8 {
     if (api.api_version != api_version)
-        return std.fmt.bufPrint(why, "backend '{s}' speaks plugin api_version {d}, this core speaks {d}: rebuild the plugin and the core from the same sources", .{ std.mem.span(api.name), api.api_version, api_version }) catch why;
+        return std.fmt.bufPrint(why, "backend table speaks plugin api_version {d}, this core speaks {d}: rebuild the plugin and the core from the same sources", .{ api.api_version, api_version }) catch why;
+    const name: []const u8 = if (api.name) |n| std.mem.span(n) else "(unnamed)";
     if (api.struct_size < @sizeOf(BackendApi))
-        return std.fmt.bufPrint(why, "backend '{s}' table is {d} bytes, expected {d}", .{ std.mem.span(api.name), api.struct_size, @sizeOf(BackendApi) }) catch why;
+        return std.fmt.bufPrint(why, "backend '{s}' table is {d} bytes, expected {d}", .{ name, api.struct_size, @sizeOf(BackendApi) }) catch why;
     inline for (.{ "init", "deinit", "supports", "activation_format", "activation_bytes", "prepare_activation", "matvec" }) |field| {
         if (@field(api, field) == null)
-            return std.fmt.bufPrint(why, "backend '{s}' lacks the required entry '{s}'", .{ std.mem.span(api.name), field }) catch why;
+            return std.fmt.bufPrint(why, "backend '{s}' lacks the required entry '{s}'", .{ name, field }) catch why;
     }
     return null;
 }

@@ -10,19 +10,26 @@ pub const Backend = struct {
     table: *const api.BackendApi,
     ctx: ?*anyopaque,
 
-    pub fn init(table: *const api.BackendApi, sink: *ErrorSink) union(enum) { ok: Backend, err: Status } {
+    pub const InitError = error{ AbiMismatch, BackendInit };
+
+    /// Validates the table and runs the plugin's init. On failure `sink` says why and `status_out`
+    /// holds the status to report (the plugin's own for an init failure).
+    pub fn init(table: *const api.BackendApi, sink: *ErrorSink, status_out: *Status) InitError!Backend {
         if (api.validate(table, &sink.buf)) |why| {
             sink.len = why.len;
-            return .{ .err = .abi_mismatch };
+            status_out.* = .abi_mismatch;
+            return error.AbiMismatch;
         }
         var ctx: ?*anyopaque = null;
         var out = api.ErrorOut{ .buf = &sink.buf, .cap = sink.buf.len, .len = 0 };
         const rc = table.init.?(&ctx, &out);
         if (rc != 0) {
-            sink.len = out.len;
-            return .{ .err = std.meta.intToEnum(Status, rc) catch .internal };
+            sink.len = @min(out.len, sink.buf.len);
+            status_out.* = std.meta.intToEnum(Status, rc) catch .internal;
+            if (status_out.* == .ok) status_out.* = .internal;
+            return error.BackendInit;
         }
-        return .{ .ok = .{ .table = table, .ctx = ctx } };
+        return .{ .table = table, .ctx = ctx };
     }
 
     pub fn deinit(self: *Backend) void {
@@ -30,7 +37,7 @@ pub const Backend = struct {
     }
 
     pub fn name(self: *const Backend) []const u8 {
-        return std.mem.span(self.table.name);
+        return if (self.table.name) |n| std.mem.span(n) else "(unnamed)";
     }
 
     pub fn supports(self: *const Backend, op: api.Op, dtype: DType) bool {

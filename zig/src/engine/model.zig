@@ -69,76 +69,71 @@ pub const Model = struct {
     sink: ErrorSink = .{},
 
     /// Maps `path` and validates `desc_bytes` (a ModelDesc followed by its LayerDescs) against it.
-    pub fn open(allocator: std.mem.Allocator, path: []const u8, desc_bytes: []const u8, sink: *ErrorSink) union(enum) { ok: *Model, err: Status } {
-        if (desc_bytes.len < @sizeOf(desc.ModelDesc))
-            return .{ .err = sink.fail(.invalid_argument, "model description is {d} bytes, expected at least {d}", .{ desc_bytes.len, @sizeOf(desc.ModelDesc) }) };
+    /// On failure `sink` says why; nothing stays mapped or allocated.
+    pub fn open(allocator: std.mem.Allocator, path: []const u8, desc_bytes: []const u8, sink: *ErrorSink) OpenError!*Model {
+        if (desc_bytes.len < @sizeOf(desc.ModelDesc)) {
+            _ = sink.fail(.invalid_argument, "model description is {d} bytes, expected at least {d}", .{ desc_bytes.len, @sizeOf(desc.ModelDesc) });
+            return error.InvalidArgument;
+        }
         var md: desc.ModelDesc = undefined;
         @memcpy(std.mem.asBytes(&md), desc_bytes[0..@sizeOf(desc.ModelDesc)]);
-        if (md.version != desc.desc_version)
-            return .{ .err = sink.fail(.abi_mismatch, "model description version {d}, this core reads {d}", .{ md.version, desc.desc_version }) };
+        if (md.version != desc.desc_version) {
+            _ = sink.fail(.abi_mismatch, "model description version {d}, this core reads {d}", .{ md.version, desc.desc_version });
+            return error.AbiMismatch;
+        }
         const want_len = @sizeOf(desc.ModelDesc) + @as(usize, md.n_layers) * @sizeOf(desc.LayerDesc);
-        if (md.n_layers == 0 or md.n_layers > limits.layers or desc_bytes.len != want_len)
-            return .{ .err = sink.fail(.invalid_argument, "model description for {d} layers is {d} bytes, expected {d}", .{ md.n_layers, desc_bytes.len, want_len }) };
+        if (md.n_layers == 0 or md.n_layers > limits.layers or desc_bytes.len != want_len) {
+            _ = sink.fail(.invalid_argument, "model description for {d} layers is {d} bytes, expected {d}", .{ md.n_layers, desc_bytes.len, want_len });
+            return error.InvalidArgument;
+        }
+        const hp = try checkHparams(&md, sink);
 
-        const hp = checkHparams(&md, sink) catch |e| return .{ .err = statusOf(e) };
-
-        var file = switch (MappedFile.open(path, sink)) {
-            .ok => |f| f,
-            .err => |s| return .{ .err = s },
-        };
+        var file = try MappedFile.open(path, sink);
         errdefer file.close();
-
-        const self = allocator.create(Model) catch return .{ .err = sink.fail(.out_of_memory, "out of memory creating model", .{}) };
+        const self = allocator.create(Model) catch return outOfMemory(sink);
         errdefer allocator.destroy(self);
-        const layers = allocator.alloc(Layer, hp.n_layers) catch return .{ .err = sink.fail(.out_of_memory, "out of memory creating model", .{}) };
+        const layers = allocator.alloc(Layer, hp.n_layers) catch return outOfMemory(sink);
         errdefer allocator.free(layers);
-        const matrices = allocator.alloc(WeightView, 2 + 7 * hp.n_layers) catch return .{ .err = sink.fail(.out_of_memory, "out of memory creating model", .{}) };
+        const matrices = allocator.alloc(WeightView, 2 + 7 * hp.n_layers) catch return outOfMemory(sink);
         errdefer allocator.free(matrices);
 
         var v = Validator{ .file = file.bytes, .path = path, .sink = sink };
         const q_dim = hp.qDim();
         const kv_dim = hp.kvDim();
-        const loaded = blk: {
-            const token_embd = v.matrix(&md.token_embd, hp.vocab_size, hp.dim) catch |e| break :blk e;
-            const output_norm = v.norm(&md.output_norm, hp.dim) catch |e| break :blk e;
-            const output = if (md.output.present())
-                v.matrix(&md.output, hp.vocab_size, hp.dim) catch |e| break :blk e
-            else
-                token_embd;
-            for (layers, 0..) |*layer, i| {
-                var ld: desc.LayerDesc = undefined;
-                const off = @sizeOf(desc.ModelDesc) + i * @sizeOf(desc.LayerDesc);
-                @memcpy(std.mem.asBytes(&ld), desc_bytes[off..][0..@sizeOf(desc.LayerDesc)]);
-                layer.* = .{
-                    .attn_norm = v.norm(&ld.attn_norm, hp.dim) catch |e| break :blk e,
-                    .attn_q = v.matrix(&ld.attn_q, q_dim, hp.dim) catch |e| break :blk e,
-                    .attn_k = v.matrix(&ld.attn_k, kv_dim, hp.dim) catch |e| break :blk e,
-                    .attn_v = v.matrix(&ld.attn_v, kv_dim, hp.dim) catch |e| break :blk e,
-                    .attn_output = v.matrix(&ld.attn_output, hp.dim, q_dim) catch |e| break :blk e,
-                    .ffn_norm = v.norm(&ld.ffn_norm, hp.dim) catch |e| break :blk e,
-                    .ffn_gate = v.matrix(&ld.ffn_gate, hp.ffn_dim, hp.dim) catch |e| break :blk e,
-                    .ffn_up = v.matrix(&ld.ffn_up, hp.ffn_dim, hp.dim) catch |e| break :blk e,
-                    .ffn_down = v.matrix(&ld.ffn_down, hp.dim, hp.ffn_dim) catch |e| break :blk e,
-                };
-                inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" }, 0..) |f, j|
-                    matrices[2 + 7 * i + j] = @field(layer.*, f);
-            }
-            matrices[0] = token_embd;
-            matrices[1] = output;
-            self.* = .{
-                .allocator = allocator,
-                .file = file,
-                .hp = hp,
-                .token_embd = token_embd,
-                .output_norm = output_norm,
-                .output = output,
-                .layers = layers,
-                .matrices = matrices,
+        const token_embd = try v.matrix(&md.token_embd, hp.vocab_size, hp.dim);
+        const output_norm = try v.norm(&md.output_norm, hp.dim);
+        const output = if (md.output.present()) try v.matrix(&md.output, hp.vocab_size, hp.dim) else token_embd;
+        for (layers, 0..) |*layer, i| {
+            var ld: desc.LayerDesc = undefined;
+            const off = @sizeOf(desc.ModelDesc) + i * @sizeOf(desc.LayerDesc);
+            @memcpy(std.mem.asBytes(&ld), desc_bytes[off..][0..@sizeOf(desc.LayerDesc)]);
+            layer.* = .{
+                .attn_norm = try v.norm(&ld.attn_norm, hp.dim),
+                .attn_q = try v.matrix(&ld.attn_q, q_dim, hp.dim),
+                .attn_k = try v.matrix(&ld.attn_k, kv_dim, hp.dim),
+                .attn_v = try v.matrix(&ld.attn_v, kv_dim, hp.dim),
+                .attn_output = try v.matrix(&ld.attn_output, hp.dim, q_dim),
+                .ffn_norm = try v.norm(&ld.ffn_norm, hp.dim),
+                .ffn_gate = try v.matrix(&ld.ffn_gate, hp.ffn_dim, hp.dim),
+                .ffn_up = try v.matrix(&ld.ffn_up, hp.ffn_dim, hp.dim),
+                .ffn_down = try v.matrix(&ld.ffn_down, hp.dim, hp.ffn_dim),
             };
-            break :blk {};
+            inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" }, 0..) |f, j|
+                matrices[2 + 7 * i + j] = @field(layer.*, f);
+        }
+        matrices[0] = token_embd;
+        matrices[1] = output;
+        self.* = .{
+            .allocator = allocator,
+            .file = file,
+            .hp = hp,
+            .token_embd = token_embd,
+            .output_norm = output_norm,
+            .output = output,
+            .layers = layers,
+            .matrices = matrices,
         };
-        loaded catch |e| return .{ .err = statusOf(e) };
-        return .{ .ok = self };
+        return self;
     }
 
     pub fn close(self: *Model) void {
@@ -151,14 +146,24 @@ pub const Model = struct {
     }
 };
 
-const ModelError = error{ BadModel, Unsupported, InvalidArgument };
+/// Why opening failed; the sink holds the message. `status` maps each to the FFI status code.
+pub const OpenError = error{ BadModel, Unsupported, InvalidArgument, AbiMismatch, OutOfMemory, Io };
+const ModelError = OpenError;
 
-fn statusOf(e: ModelError) Status {
+pub fn status(e: OpenError) Status {
     return switch (e) {
         error.BadModel => .bad_model,
         error.Unsupported => .unsupported,
         error.InvalidArgument => .invalid_argument,
+        error.AbiMismatch => .abi_mismatch,
+        error.OutOfMemory => .out_of_memory,
+        error.Io => .io,
     };
+}
+
+fn outOfMemory(sink: *ErrorSink) error{OutOfMemory} {
+    _ = sink.fail(.out_of_memory, "out of memory creating the model", .{});
+    return error.OutOfMemory;
 }
 
 fn checkHparams(md: *const desc.ModelDesc, sink: *ErrorSink) ModelError!Hparams {

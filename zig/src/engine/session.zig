@@ -67,25 +67,22 @@ pub const Session = struct {
     /// (batch or 1, vocab)
     logits: []f32,
 
-    pub const CreateResult = union(enum) { ok: *Session, err: Status };
-
-    pub fn create(allocator: std.mem.Allocator, model: *Model, table: *const api.BackendApi, opts: SessionOptions, sink: *ErrorSink) CreateResult {
+    /// Creates a session; on failure `sink` holds the message and `status_out` the status, and
+    /// everything created so far (buffers, threads, the backend's context) is released.
+    pub fn create(allocator: std.mem.Allocator, model: *Model, table: *const api.BackendApi, opts: SessionOptions, sink: *ErrorSink, status_out: *Status) error{Failed}!*Session {
         const hp = model.hp;
         if (opts.n_ctx == 0 or opts.n_ctx > 1 << 20)
-            return .{ .err = sink.fail(.invalid_argument, "context length {d} is outside [1, 1048576]", .{opts.n_ctx}) };
+            return fail(status_out, sink.fail(.invalid_argument, "context length {d} is outside [1, 1048576]", .{opts.n_ctx}));
         if (opts.n_threads == 0 or opts.n_threads > 256)
-            return .{ .err = sink.fail(.invalid_argument, "thread count {d} is outside [1, 256]", .{opts.n_threads}) };
+            return fail(status_out, sink.fail(.invalid_argument, "thread count {d} is outside [1, 256]", .{opts.n_threads}));
         if (opts.max_batch == 0 or opts.max_batch > 4096)
-            return .{ .err = sink.fail(.invalid_argument, "batch size {d} is outside [1, 4096]", .{opts.max_batch}) };
+            return fail(status_out, sink.fail(.invalid_argument, "batch size {d} is outside [1, 4096]", .{opts.max_batch}));
 
-        var backend = switch (Backend.init(table, sink)) {
-            .ok => |b| b,
-            .err => |s| return .{ .err = s },
-        };
+        var backend = Backend.init(table, sink, status_out) catch return error.Failed;
         errdefer backend.deinit();
-        if (checkBackendSupport(&backend, model, sink)) |s| return .{ .err = s };
+        if (checkBackendSupport(&backend, model, sink)) |s| return fail(status_out, s);
 
-        const self = allocator.create(Session) catch return oom(sink, 0);
+        const self = allocator.create(Session) catch return fail(status_out, oom(sink, 0));
         errdefer allocator.destroy(self);
 
         const b = opts.max_batch;
@@ -97,6 +94,7 @@ pub const Session = struct {
 
         var arena = Allocs{ .allocator = allocator };
         errdefer arena.freeAll();
+        const all_logits = opts.flags & flag_all_logits != 0;
         self.* = .{
             .allocator = allocator,
             .model = model,
@@ -104,28 +102,28 @@ pub const Session = struct {
             .pool = undefined,
             .n_ctx = opts.n_ctx,
             .max_batch = b,
-            .all_logits = opts.flags & flag_all_logits != 0,
-            .key_cache = arena.floats(kv_elems) orelse return oom(sink, kv_elems * 8),
-            .value_cache = arena.floats(kv_elems) orelse return oom(sink, kv_elems * 8),
-            .x = arena.floats(b * hp.dim) orelse return oom(sink, 0),
-            .xb = arena.floats(b * hp.dim) orelse return oom(sink, 0),
-            .q = arena.floats(b * hp.qDim()) orelse return oom(sink, 0),
-            .k = arena.floats(b * hp.kvDim()) orelse return oom(sink, 0),
-            .v = arena.floats(b * hp.kvDim()) orelse return oom(sink, 0),
-            .att_out = arena.floats(b * hp.qDim()) orelse return oom(sink, 0),
-            .hb = arena.floats(b * hp.ffn_dim) orelse return oom(sink, 0),
-            .hb2 = arena.floats(b * hp.ffn_dim) orelse return oom(sink, 0),
-            .act = arena.bytes(max_segments * b * act_stride) orelse return oom(sink, 0),
+            .all_logits = all_logits,
+            .key_cache = arena.floats(kv_elems) orelse return fail(status_out, oom(sink, kv_elems * 8)),
+            .value_cache = arena.floats(kv_elems) orelse return fail(status_out, oom(sink, kv_elems * 8)),
+            .x = arena.floats(b * hp.dim) orelse return fail(status_out, oom(sink, 0)),
+            .xb = arena.floats(b * hp.dim) orelse return fail(status_out, oom(sink, 0)),
+            .q = arena.floats(b * hp.qDim()) orelse return fail(status_out, oom(sink, 0)),
+            .k = arena.floats(b * hp.kvDim()) orelse return fail(status_out, oom(sink, 0)),
+            .v = arena.floats(b * hp.kvDim()) orelse return fail(status_out, oom(sink, 0)),
+            .att_out = arena.floats(b * hp.qDim()) orelse return fail(status_out, oom(sink, 0)),
+            .hb = arena.floats(b * hp.ffn_dim) orelse return fail(status_out, oom(sink, 0)),
+            .hb2 = arena.floats(b * hp.ffn_dim) orelse return fail(status_out, oom(sink, 0)),
+            .act = arena.bytes(max_segments * b * act_stride) orelse return fail(status_out, oom(sink, 0)),
             .act_stride = act_stride,
-            .scores = arena.floats(@as(usize, opts.n_threads) * opts.n_ctx) orelse return oom(sink, 0),
-            .rope_scratch = arena.floats(hp.head_dim) orelse return oom(sink, 0),
-            .tokens = arena.words(b) orelse return oom(sink, 0),
-            .logits = arena.floats(hp.vocab_size * (if (opts.flags & flag_all_logits != 0) b else 1)) orelse return oom(sink, 0),
+            .scores = arena.floats(@as(usize, opts.n_threads) * opts.n_ctx) orelse return fail(status_out, oom(sink, 0)),
+            .rope_scratch = arena.floats(hp.head_dim) orelse return fail(status_out, oom(sink, 0)),
+            .tokens = arena.words(b) orelse return fail(status_out, oom(sink, 0)),
+            .logits = arena.floats(hp.vocab_size * (if (all_logits) b else 1)) orelse return fail(status_out, oom(sink, 0)),
         };
         self.pool = ThreadPool.init(allocator, opts.n_threads) catch |e|
-            return .{ .err = sink.fail(.internal, "cannot start {d} threads: {s}", .{ opts.n_threads, @errorName(e) }) };
+            return fail(status_out, sink.fail(.internal, "cannot start {d} threads: {s}", .{ opts.n_threads, @errorName(e) }));
         _ = model.sessions.fetchAdd(1, .acq_rel);
-        return .{ .ok = self };
+        return self;
     }
 
     pub fn destroy(self: *Session) void {
@@ -160,9 +158,14 @@ pub const Session = struct {
     }
 };
 
-fn oom(sink: *ErrorSink, bytes: usize) Session.CreateResult {
-    if (bytes > 0) return .{ .err = sink.fail(.out_of_memory, "out of memory allocating the KV cache ({d} bytes); lower the context length", .{bytes}) };
-    return .{ .err = sink.fail(.out_of_memory, "out of memory allocating session buffers", .{}) };
+fn fail(status_out: *Status, s: Status) error{Failed} {
+    status_out.* = s;
+    return error.Failed;
+}
+
+fn oom(sink: *ErrorSink, bytes: usize) Status {
+    if (bytes > 0) return sink.fail(.out_of_memory, "out of memory allocating the KV cache ({d} bytes); lower the context length", .{bytes});
+    return sink.fail(.out_of_memory, "out of memory allocating session buffers", .{});
 }
 
 fn checkBackendSupport(backend: *const Backend, model: *const Model, sink: *ErrorSink) ?Status {
