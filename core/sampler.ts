@@ -8,6 +8,9 @@
  * @module
  */
 import { SparrowError } from "./errors.ts";
+import { Rng } from "./rng.ts";
+
+export { Rng };
 
 /** Sampling settings. Every field is optional; defaults follow llama.cpp's. */
 export interface SamplerOptions {
@@ -25,46 +28,6 @@ export interface SamplerOptions {
   repeatLastN?: number;
   /** Seed of the random generator; default: a random seed (reported by {@link Sampler.seed}). */
   seed?: number;
-}
-
-/** A small, fast, seedable generator (xoshiro128**), seeded through splitmix32. */
-export class Rng {
-  #s = new Uint32Array(4);
-
-  /** @param seed Any 32-bit integer. */
-  constructor(seed: number) {
-    let x = seed >>> 0;
-    for (let i = 0; i < 4; i++) {
-      x = (x + 0x9e3779b9) >>> 0;
-      let z = x;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-      this.#s[i] = (z ^ (z >>> 16)) >>> 0;
-    }
-  }
-
-  /** Next 32 random bits. */
-  nextU32(): number {
-    const s = this.#s;
-    const result = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;
-    const t = s[1] << 9;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 11);
-    return result;
-  }
-
-  /** A float in [0, 1) with 32 random bits. */
-  nextFloat(): number {
-    return this.nextU32() / 4294967296;
-  }
-}
-
-function rotl(x: number, k: number): number {
-  return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
 
 /** NaN or +Infinity logits cannot be sampled from: the model's numbers have broken down. */

@@ -18,7 +18,7 @@ import { SparrowError } from "../core/errors.ts";
 import { readGguf } from "../core/gguf.ts";
 import { GgufValueType as T, scalarValueBytes } from "../core/gguf_types.ts";
 import { loadModel } from "../core/model.ts";
-import { Rng } from "../core/sampler.ts";
+import { Rng } from "../core/rng.ts";
 import { convertLlama2c } from "../models/convert_llama2c.ts";
 import { preloadNativeLibraries, sharedModelsDir, skip } from "./_models.ts";
 
