@@ -3,9 +3,10 @@
 //! Activations are prepared once per matrix-vector product and shared by every row:
 //! - `f32` for f32/f16/bf16 weights: products accumulate in f32 across vector lanes.
 //! - `q8` for the 32-element types (q4_0, q4_1, q5_0, q5_1, q8_0): per 32 elements, d = max|x|/127
-//!   and q = round(x / d), so each activation is off by at most d/2 = max|x|/254 of its block; plus
-//!   the f32 sum d * sum(q) per block, which carries the offset terms (-8 or -16 for q4_0/q5_0, the
-//!   min m for q4_1/q5_1) so no row pays for them per element.
+//!   (stored as f16) and q = round(x / d), so each activation is off by at most d/2 = max|x|/254 of
+//!   its block plus the f16 rounding of d; plus, per block, d again as f32 and the f32 sum d*sum(q),
+//!   which carries the offset terms (-8 or -16 for q4_0/q5_0, the min m for q4_1/q5_1) so no row
+//!   pays for them per element.
 //! - `q8k` for the K-quants (q4_k, q5_k, q6_k): the same 8-bit rounding per 256 elements, plus the
 //!   integer sums of each 16 elements for the mins and q6_k's -32 offset.
 //! Integer products are exact; each block's integer dot becomes f32 once and accumulates in f32.
@@ -26,6 +27,7 @@ const F32V = @Vector(lanes, f32);
 const U8x32 = @Vector(32, u8);
 const I8x32 = @Vector(32, i8);
 const I32x8 = @Vector(8, i32);
+const I16x16 = @Vector(16, i16);
 const F32x8 = @Vector(8, f32);
 
 /// How the input vector is prepared for a weight type. Weights with the same format can share one
@@ -45,18 +47,22 @@ pub fn activationFormat(w: DType) ActFormat {
 pub fn activationBytes(w: DType, n: usize) usize {
     return switch (activationFormat(w)) {
         .f32 => 4 * n,
-        .q8 => (n / qk) * (4 + @sizeOf(quant.BlockQ8_0)),
+        .q8 => (n / qk) * (8 + @sizeOf(quant.BlockQ8_0)),
         .q8k => (n / qk_k) * @sizeOf(quant.BlockQ8_K),
     };
 }
 
-/// A `q8` input: per-block f32 sums first (4-byte aligned at the buffer start), then the blocks.
+/// A `q8` input: per-block scales d as f32, then per-block sums d*sum(q) as f32 (both 4-byte aligned
+/// from the buffer start, and contiguous so the kernels load 8 at a time), then the blocks.
 const Q8Act = struct {
+    dx: [*]const f32,
     sums: [*]const f32,
     blocks: [*]align(1) const quant.BlockQ8_0,
 
     fn of(act: [*]const u8, n: usize) Q8Act {
-        return .{ .sums = @ptrCast(@alignCast(act)), .blocks = @ptrCast(act + 4 * (n / qk)) };
+        const nb = n / qk;
+        const f: [*]const f32 = @ptrCast(@alignCast(act));
+        return .{ .dx = f, .sums = f + nb, .blocks = @ptrCast(act + 8 * nb) };
     }
 };
 
@@ -67,9 +73,10 @@ pub fn prepareActivation(w: DType, x: []const f32, out: []u8) void {
         .f32 => @memcpy(out[0 .. n * 4], std.mem.sliceAsBytes(x)),
         .q8 => {
             const nb = n / qk;
-            const sums: [*]f32 = @ptrCast(@alignCast(out.ptr));
-            const blocks: [*]quant.BlockQ8_0 = @ptrCast(out.ptr + 4 * nb);
-            quant.quantizeRowQ8Sums(x, blocks[0..nb], sums[0..nb]);
+            const f: [*]f32 = @ptrCast(@alignCast(out.ptr));
+            const blocks: [*]quant.BlockQ8_0 = @ptrCast(out.ptr + 8 * nb);
+            quant.quantizeRowQ8Sums(x, blocks[0..nb], f[nb .. 2 * nb]);
+            for (f[0..nb], blocks[0..nb]) |*d, blk| d.* = @floatCast(blk.d);
         },
         .q8k => {
             const blocks: [*]align(1) quant.BlockQ8_K = @ptrCast(out.ptr);
@@ -84,13 +91,8 @@ pub fn dot(w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
         .f32 => dotF32(@ptrCast(@alignCast(row)), @ptrCast(@alignCast(act)), n),
         .f16 => dotF16(row, @ptrCast(@alignCast(act)), n),
         .bf16 => dotBf16(row, @ptrCast(@alignCast(act)), n),
-        .q8_0 => dotQ8_0(@ptrCast(row), Q8Act.of(act, n), n / qk),
-        .q4_0 => dotQ4(.q4_0, row, Q8Act.of(act, n), n / qk),
-        .q4_1 => dotQ4(.q4_1, row, Q8Act.of(act, n), n / qk),
-        .q5_0 => dotQ5(.q5_0, row, Q8Act.of(act, n), n / qk),
-        .q5_1 => dotQ5(.q5_1, row, Q8Act.of(act, n), n / qk),
-        .q4_k => dotQ4K(.q4_k, row, @ptrCast(act), n / qk_k),
-        .q5_k => dotQ4K(.q5_k, row, @ptrCast(act), n / qk_k),
+        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| dot32(t, row, Q8Act.of(act, n), n / qk),
+        inline .q4_k, .q5_k => |t| dotQ4K(t, row, @ptrCast(act), n / qk_k),
         .q6_k => dotQ6K(@ptrCast(row), @ptrCast(act), n / qk_k),
         else => unreachable,
     };
@@ -103,6 +105,32 @@ inline fn dotU8I8(u: U8x32, s: I8x32) I32x8 {
     if (x86.available) return x86.dotU8I8(u, s);
     const p = @as(@Vector(32, i32), u) * @as(@Vector(32, i32), s);
     return groupsOf4(p);
+}
+
+/// Pairwise u8 x i8 products summed to i16 (callers keep sums within i16: x86 saturates).
+inline fn maddubs(u: U8x32, s: I8x32) I16x16 {
+    if (x86.available) return x86.maddubs(u, s);
+    const p = @as(@Vector(32, i16), u) * @as(@Vector(32, i16), s);
+    return @shuffle(i16, p, undefined, evens(16)) + @shuffle(i16, p, undefined, odds(16));
+}
+
+/// Pairwise i16 x i16 products summed to i32.
+inline fn maddwd(a: I16x16, b: I16x16) I32x8 {
+    if (x86.available) return x86.maddwd(a, b);
+    const p = @as(@Vector(16, i32), a) * @as(@Vector(16, i32), b);
+    return @shuffle(i32, p, undefined, evens(8)) + @shuffle(i32, p, undefined, odds(8));
+}
+
+fn evens(comptime n: usize) [n]i32 {
+    var out: [n]i32 = undefined;
+    for (&out, 0..) |*o, i| o.* = @intCast(2 * i);
+    return out;
+}
+
+fn odds(comptime n: usize) [n]i32 {
+    var out: [n]i32 = undefined;
+    for (&out, 0..) |*o, i| o.* = @intCast(2 * i + 1);
+    return out;
 }
 
 inline fn dotI8I8(a: I8x32, b: I8x32) I32x8 {
@@ -125,8 +153,17 @@ inline fn groupsOf4(p: @Vector(32, i32)) I32x8 {
 
 /// The 32 4-bit values of a 16-byte block, in element order (low nibbles first).
 inline fn nibbles(qs: *align(1) const [16]u8) U8x32 {
+    if (x86.available) return x86.nibbles(qs);
     const bytes: @Vector(16, u8) = qs.*;
     return std.simd.join(bytes & @as(@Vector(16, u8), @splat(0x0f)), bytes >> @splat(4));
+}
+
+/// The f16 values at the start of 8 consecutive blocks (`stride` bytes apart), as f32: one vector
+/// conversion instead of eight scalar ones.
+inline fn scales8(p: [*]const u8, comptime stride: usize) F32x8 {
+    var v: @Vector(8, u16) = undefined;
+    inline for (0..8) |j| v[j] = std.mem.readInt(u16, p[j * stride ..][0..2], .little);
+    return @floatCast(@as(@Vector(8, f16), @bitCast(v)));
 }
 
 /// 16 where bit j of `bits` is set, for each byte j of 32: the fifth bit of Q5_0/Q5_1 elements.
@@ -195,102 +232,146 @@ fn dotBf16(row: [*]const u8, b: [*]const f32, n: usize) f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 32-element types against q8 activations. Two accumulators hide the FMA latency.
+// 32-element types against q8 activations, in batches of 8 blocks: the 8 weight scales are
+// converted in one go, their products with the activation scales are broadcast from a small array,
+// and the offset terms of the whole batch are one vector FMA against the activation sums.
 
-fn dotQ8_0(w: [*]align(1) const quant.BlockQ8_0, x: Q8Act, nb: usize) f32 {
-    var acc = [2]F32x8{ @splat(0), @splat(0) };
-    for (0..nb) |b| {
-        const d = @as(f32, @floatCast(w[b].d)) * @as(f32, @floatCast(x.blocks[b].d));
-        acc[b & 1] = fma8(d, dotI8I8(w[b].qs, x.blocks[b].qs), acc[b & 1]);
-    }
-    return @reduce(.Add, acc[0] + acc[1]);
+/// Integer dot of one weight block with one activation block, in 8 i32 lanes.
+inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, x: *align(1) const quant.BlockQ8_0) I32x8 {
+    return switch (w_type) {
+        .q8_0 => dotI8I8(@bitCast(blk[2..34].*), x.qs),
+        .q4_0 => dotU8I8(nibbles(blk[2..18]), x.qs),
+        .q4_1 => dotU8I8(nibbles(blk[4..20]), x.qs),
+        .q5_0 => dotU8I8(nibbles(blk[6..22]) | fifthBits(std.mem.readInt(u32, blk[2..6], .little)), x.qs),
+        .q5_1 => dotU8I8(nibbles(blk[8..24]) | fifthBits(std.mem.readInt(u32, blk[4..8], .little)), x.qs),
+        else => unreachable,
+    };
 }
 
-/// q4_0: sum_b d_w (d_x q.x - 8 s_b);  q4_1: sum_b d_w d_x q.x + m_w s_b   (q the unsigned nibbles)
-fn dotQ4(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
-    const bb = comptime w_type.blockBytes().?;
-    var acc = [2]F32x8{ @splat(0), @splat(0) };
-    var offset: f32 = 0;
-    for (0..nb) |b| {
-        const blk = row + b * bb;
-        const dw = f16At(blk);
-        const qs = blk[if (w_type == .q4_1) 4 else 2..][0..16];
-        const dx: f32 = @floatCast(x.blocks[b].d);
-        acc[b & 1] = fma8(dw * dx, dotU8I8(nibbles(qs), x.blocks[b].qs), acc[b & 1]);
-        offset += (if (w_type == .q4_1) f16At(blk + 2) else -8 * dw) * x.sums[b];
-    }
-    return @reduce(.Add, acc[0] + acc[1]) + offset;
-}
+/// q8_0: sum_b d_w d_x q.x
+/// q4_0, q5_0: sum_b d_w d_x q.x - c sum_b d_w s_b   (c = 8 or 16; q the unsigned 4/5-bit values)
+/// q4_1, q5_1: sum_b d_w d_x q.x + sum_b m_w s_b
+/// How many 8-block batches ahead dot32 prefetches (tuned on Zen 3; see bench/kernels_bench.ts).
+const prefetch_batches = 4;
 
-/// As dotQ4 with a fifth bit per element (qh): offsets -16 (q5_0) or m (q5_1).
-fn dotQ5(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
+fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
     const bb = comptime w_type.blockBytes().?;
-    const qh_at = if (w_type == .q5_1) 4 else 2;
-    var acc = [2]F32x8{ @splat(0), @splat(0) };
-    var offset: f32 = 0;
-    for (0..nb) |b| {
+    const has_min = comptime (w_type == .q4_1 or w_type == .q5_1);
+    const offset_scale: f32 = comptime switch (w_type) {
+        .q4_0 => -8,
+        .q5_0 => -16,
+        .q4_1, .q5_1 => 1,
+        else => 0,
+    };
+    const xbb = @sizeOf(quant.BlockQ8_0);
+    var acc = [4]F32x8{ @splat(0), @splat(0), @splat(0), @splat(0) };
+    var off: F32x8 = @splat(0);
+    // Running pointers with compile-time offsets inside the batch: indexing the odd-sized blocks
+    // as arrays made LLVM recompute every address (several scalar ops per block).
+    var wp = row;
+    var xp: [*]const u8 = @ptrCast(x.blocks);
+    var b: usize = 0;
+    while (b + 8 <= nb) : ({
+        b += 8;
+        wp += 8 * bb;
+        xp += 8 * xbb;
+    }) {
+        // The hardware prefetcher follows the row, but starts late at each row's beginning and
+        // stops at page boundaries; asking for the data a few batches ahead keeps loads in flight.
+        @prefetch(wp + prefetch_batches * 8 * bb, .{});
+        @prefetch(wp + prefetch_batches * 8 * bb + 64, .{});
+        @prefetch(wp + prefetch_batches * 8 * bb + 128, .{});
+        const dw = scales8(wp, bb);
+        if (offset_scale != 0) off = @mulAdd(F32x8, if (has_min) scales8(wp + 2, bb) else dw, x.sums[b..][0..8].*, off);
+        const dd: [8]f32 = dw * @as(F32x8, x.dx[b..][0..8].*);
+        inline for (0..8) |j| {
+            acc[j & 3] = fma8(dd[j], blockDot32(w_type, wp + j * bb, @ptrCast(xp + j * xbb)), acc[j & 3]);
+        }
+    }
+    var tail: f32 = 0;
+    while (b < nb) : (b += 1) {
         const blk = row + b * bb;
         const dw = f16At(blk);
-        const qh = std.mem.readInt(u32, blk[qh_at..][0..4], .little);
-        const q = nibbles(blk[qh_at + 4 ..][0..16]) | fifthBits(qh);
-        const dx: f32 = @floatCast(x.blocks[b].d);
-        acc[b & 1] = fma8(dw * dx, dotU8I8(q, x.blocks[b].qs), acc[b & 1]);
-        offset += (if (w_type == .q5_1) f16At(blk + 2) else -16 * dw) * x.sums[b];
+        const p: F32x8 = @floatFromInt(blockDot32(w_type, blk, &x.blocks[b]));
+        tail += dw * x.dx[b] * @reduce(.Add, p);
+        if (offset_scale != 0) tail += offset_scale * (if (has_min) f16At(blk + 2) else dw) * x.sums[b];
     }
-    return @reduce(.Add, acc[0] + acc[1]) + offset;
+    return @reduce(.Add, (acc[0] + acc[1]) + (acc[2] + acc[3])) + offset_scale * @reduce(.Add, off) + tail;
 }
 
 // ---------------------------------------------------------------------------------------------
-// K-quants against q8k activations.
+// K-quants against q8k activations. Sub-block scales are applied in the integer domain (vpmaddwd
+// against the scale instead of 1s), so each 256-element super-block costs one conversion to float.
 
-/// q4_k/q5_k: per super-block, d_x * (d * sum_j sc_j q_j.x_j - dmin * sum_j m_j bsum_j).
+/// The 8 six-bit scales and 8 mins of a Q4_K/Q5_K super-block (see quant.scaleMinK4), unpacked
+/// four at a time with 32-bit masks instead of one at a time.
+inline fn scalesMinsK4(p: *const [12]u8) struct { sc: [8]u8, m: [8]u8 } {
+    const w0 = std.mem.readInt(u32, p[0..4], .little);
+    const w1 = std.mem.readInt(u32, p[4..8], .little);
+    const w2 = std.mem.readInt(u32, p[8..12], .little);
+    const low6: u32 = 0x3f3f3f3f;
+    const low4: u32 = 0x0f0f0f0f;
+    const low2: u32 = 0x03030303;
+    const sc_lo = w0 & low6; // sub-blocks 0..3: 6 bits in bytes 0..3
+    const sc_hi = (w2 & low4) | (((w0 >> 6) & low2) << 4); // 4..7: low 4 bits in bytes 8..11, top 2 in 0..3
+    const m_lo = w1 & low6; // mins 0..3: bytes 4..7
+    const m_hi = ((w2 >> 4) & low4) | (((w1 >> 6) & low2) << 4); // mins 4..7
+    return .{
+        .sc = @bitCast([2]u32{ sc_lo, sc_hi }),
+        .m = @bitCast([2]u32{ m_lo, m_hi }),
+    };
+}
+
+/// Sums of the 16-element activation sums in pairs: the sum over each 32-element sub-block.
+inline fn pairSums(bsums: [16]i16) I32x8 {
+    return maddwd(bsums, @splat(1));
+}
+
+/// q4_k/q5_k: per super-block, d_x * (d * sum_j sc_j q_j.x_j - dmin * sum_j m_j xsum_j).
 fn dotQ4K(comptime w_type: DType, row: [*]const u8, x: [*]align(1) const quant.BlockQ8_K, nb: usize) f32 {
     const bb = comptime w_type.blockBytes().?;
-    const has_qh = w_type == .q5_k;
-    var acc = [2]F32x8{ @splat(0), @splat(0) };
+    const has_qh = comptime w_type == .q5_k;
+    var acc: F32x8 = @splat(0);
     var mins: f32 = 0;
     for (0..nb) |b| {
         const blk = row + b * bb;
         const xb = &x[b];
-        const d = f16At(blk) * xb.d;
-        const dmin = f16At(blk + 2) * xb.d;
-        const scales = blk[4..16];
+        const sm = scalesMinsK4(blk[4..16]);
+        const m: @Vector(8, u8) = sm.m;
+        const msum = @reduce(.Add, pairSums(xb.bsums) * @as(I32x8, m));
+        mins += f16At(blk + 2) * xb.d * @as(f32, @floatFromInt(msum));
         const qh: U8x32 = if (has_qh) blk[16..48].* else undefined;
         const qs = blk[if (has_qh) 48 else 16..][0..128];
-        var msum: i32 = 0;
+        var isum: [2]I32x8 = .{ @splat(0), @splat(0) };
         inline for (0..4) |c| {
-            const lo = quant.scaleMinK4(2 * c, scales);
-            const hi = quant.scaleMinK4(2 * c + 1, scales);
             const bytes: U8x32 = qs[32 * c ..][0..32].*;
             var q_lo = bytes & @as(U8x32, @splat(0x0f));
-            var q_hi = bytes >> @splat(4);
+            var q_hi = (bytes >> @splat(4));
             if (has_qh) {
                 q_lo |= ((qh >> @splat(2 * c)) & @as(U8x32, @splat(1))) << @splat(4);
                 q_hi |= ((qh >> @splat(2 * c + 1)) & @as(U8x32, @splat(1))) << @splat(4);
             }
             const x_lo: I8x32 = xb.qs[64 * c ..][0..32].*;
             const x_hi: I8x32 = xb.qs[64 * c + 32 ..][0..32].*;
-            acc[c & 1] = fma8(d * @as(f32, @floatFromInt(lo.sc)), dotU8I8(q_lo, x_lo), acc[c & 1]);
-            acc[c & 1] = fma8(d * @as(f32, @floatFromInt(hi.sc)), dotU8I8(q_hi, x_hi), acc[c & 1]);
-            msum += @as(i32, lo.m) * (@as(i32, xb.bsums[4 * c]) + xb.bsums[4 * c + 1]) +
-                @as(i32, hi.m) * (@as(i32, xb.bsums[4 * c + 2]) + xb.bsums[4 * c + 3]);
+            isum[c & 1] +%= maddwd(maddubs(q_lo, x_lo), @splat(@intCast(sm.sc[2 * c])));
+            isum[c & 1] +%= maddwd(maddubs(q_hi, x_hi), @splat(@intCast(sm.sc[2 * c + 1])));
         }
-        mins += dmin * @as(f32, @floatFromInt(msum));
+        acc = fma8(f16At(blk) * xb.d, isum[0] +% isum[1], acc);
     }
-    return @reduce(.Add, acc[0] + acc[1]) - mins;
+    return @reduce(.Add, acc) - mins;
 }
 
-/// q6_k: d_w d_x (sum_g sc_g q_g.x_g - 32 sum_g sc_g bsum_g), groups g of 16 elements.
+/// q6_k: d_w d_x (sum_g sc_g q_g.x_g - 32 sum_g sc_g xsum_g), groups g of 16 elements.
 fn dotQ6K(w: [*]align(1) const quant.BlockQ6_K, x: [*]align(1) const quant.BlockQ8_K, nb: usize) f32 {
-    var acc = [2]F32x8{ @splat(0), @splat(0) };
+    var acc: F32x8 = @splat(0);
     var offset: f32 = 0;
     for (0..nb) |b| {
         const blk = &w[b];
         const xb = &x[b];
         const d = @as(f32, @floatCast(blk.d)) * xb.d;
-        var osum: i32 = 0;
-        for (blk.scales, xb.bsums) |sc, bs| osum += @as(i32, sc) * bs;
-        offset += 32 * d * @as(f32, @floatFromInt(osum));
+        const sc: I16x16 = @as(@Vector(16, i8), blk.scales);
+        offset += 32 * d * @as(f32, @floatFromInt(@reduce(.Add, maddwd(sc, xb.bsums))));
+        var isum: [2]I32x8 = .{ @splat(0), @splat(0) };
         inline for (0..2) |half| {
             const ql0: U8x32 = blk.ql[64 * half ..][0..32].*;
             const ql1: U8x32 = blk.ql[64 * half + 32 ..][0..32].*;
@@ -305,17 +386,21 @@ fn dotQ6K(w: [*]align(1) const quant.BlockQ6_K, x: [*]align(1) const quant.Block
             };
             inline for (0..4) |k| {
                 const e = 128 * half + 32 * k; // first element of this run of 32
-                const xv: I8x32 = xb.qs[e..][0..32].*;
                 const g = e / 16;
-                // Lanes 0-3 hold elements e..e+15 (scale g), lanes 4-7 hold e+16..e+31 (scale g+1).
-                const s0: f32 = @floatFromInt(blk.scales[g]);
-                const s1: f32 = @floatFromInt(blk.scales[g + 1]);
-                const scale = F32x8{ s0, s0, s0, s0, s1, s1, s1, s1 };
-                acc[k & 1] = @mulAdd(F32x8, scale * @as(F32x8, @splat(d)), @floatFromInt(dotU8I8(q[k], xv)), acc[k & 1]);
+                // maddubs lanes 0-7 hold elements e..e+15 (scale g), lanes 8-15 hold e+16..e+31 (g+1).
+                const mask = comptime blk: {
+                    var m: [16]i32 = undefined;
+                    for (&m, 0..) |*v, i| v.* = if (i < 8) g else g + 1;
+                    break :blk m;
+                };
+                const scale = @shuffle(i16, sc, undefined, mask);
+                const xv: I8x32 = xb.qs[e..][0..32].*;
+                isum[k & 1] +%= maddwd(maddubs(q[k], xv), scale);
             }
         }
+        acc = fma8(d, isum[0] +% isum[1], acc);
     }
-    return @reduce(.Add, acc[0] + acc[1]) - offset;
+    return @reduce(.Add, acc) - offset;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,7 +424,7 @@ pub fn dequantizeActivation(w: DType, act: [*]const u8, out: []f32) void {
     const n = out.len;
     switch (activationFormat(w)) {
         .f32 => quant.dequantizeRow(.f32, act, out),
-        .q8 => quant.dequantizeRow(.q8_0, act + 4 * (n / qk), out),
+        .q8 => quant.dequantizeRow(.q8_0, act + 8 * (n / qk), out),
         .q8k => quant.dequantizeRow(.q8_k, act, out),
     }
 }

@@ -53,12 +53,16 @@ pub inline fn dotI8I8(a: I8x32, b: I8x32) I32x8 {
     return dotU8I8(@bitCast(signOf(a, a)), signOf(b, a));
 }
 
-/// The 32 weights of a 4-bit block (16 bytes, low nibbles = elements 0..15) as unsigned bytes.
+/// The 32 weights of a 4-bit block (16 bytes, low nibbles = elements 0..15) as unsigned bytes. The 16
+/// bytes go to both 128-bit halves in one broadcast load; only the upper half is shifted right by 4
+/// (one variable shift), then everything is masked. Cheaper than shift + vinserti128 + mask.
 pub inline fn nibbles(qs: *align(1) const [16]u8) U8x32 {
-    const bytes: @Vector(16, u8) = qs.*;
-    const lo = bytes & @as(@Vector(16, u8), @splat(0x0f));
-    const hi = bytes >> @splat(4);
-    return std.simd.join(lo, hi);
+    const v = asm ("vbroadcasti128 (%[p]), %[r]"
+        : [r] "=x" (-> @Vector(8, u32)),
+        : [p] "r" (qs),
+    );
+    const shifted = v >> @Vector(8, u32){ 0, 0, 0, 0, 4, 4, 4, 4 };
+    return @as(U8x32, @bitCast(shifted)) & @as(U8x32, @splat(0x0f));
 }
 
 pub inline fn toF32(v: I32x8) F32x8 {
