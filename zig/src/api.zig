@@ -121,6 +121,13 @@ export fn sp_bench_matvec(dtype: u32, rows: u64, cols: u64, threads: u32, iters:
     return kernel_bench.matvec(@enumFromInt(dtype), rows, cols, threads, iters) catch 0;
 }
 
+/// Benchmark: best time (ns) of `iters` matrix products of a (rows, cols) matrix of type `dtype`
+/// with `tokens` inputs on `threads` threads (the prompt-processing kernel); 0 if unsupported.
+export fn sp_bench_matmul(dtype: u32, rows: u64, cols: u64, tokens: u32, threads: u32, iters: u32) u64 {
+    if (threads == 0 or threads > 256 or iters == 0 or tokens == 0) return 0;
+    return kernel_bench.matmul(@enumFromInt(dtype), rows, cols, tokens, threads, iters) catch 0;
+}
+
 test {
     std.testing.refAllDecls(@This());
     _ = @import("engine/thread_pool.zig");

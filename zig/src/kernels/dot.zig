@@ -17,18 +17,29 @@
 const std = @import("std");
 const DType = @import("dtype.zig").DType;
 const quant = @import("quant.zig");
-const x86 = @import("simd_x86.zig");
+const simd = @import("simd.zig");
+const dotU8I8 = simd.dotU8I8;
+const dotI8I8 = simd.dotI8I8;
+const maddubs = simd.maddubs;
+const maddwd = simd.maddwd;
+const nibbles = simd.nibbles;
+const scales8 = simd.scales8;
+const fifthBits = simd.fifthBits;
+const f16At = simd.f16At;
+const fma8 = simd.fma8;
+const scalesMinsK4 = simd.scalesMinsK4;
+const pairSums = simd.pairSums;
 
 const qk = quant.qk;
 const qk_k = quant.qk_k;
 /// f32 lanes per vector: 16 with AVX-512, 8 with AVX2/NEON (two registers), 4 otherwise.
 const lanes = std.simd.suggestVectorLength(f32) orelse 4;
 const F32V = @Vector(lanes, f32);
-const U8x32 = @Vector(32, u8);
-const I8x32 = @Vector(32, i8);
-const I32x8 = @Vector(8, i32);
-const I16x16 = @Vector(16, i16);
-const F32x8 = @Vector(8, f32);
+const U8x32 = simd.U8x32;
+const I8x32 = simd.I8x32;
+const I32x8 = simd.I32x8;
+const I16x16 = simd.I16x16;
+const F32x8 = simd.F32x8;
 
 /// How the input vector is prepared for a weight type. Weights with the same format can share one
 /// prepared input (the engine fuses q/k/v and gate/up this way).
@@ -54,12 +65,12 @@ pub fn activationBytes(w: DType, n: usize) usize {
 
 /// A `q8` input: per-block scales d as f32, then per-block sums d*sum(q) as f32 (both 4-byte aligned
 /// from the buffer start, and contiguous so the kernels load 8 at a time), then the blocks.
-const Q8Act = struct {
+pub const Q8Act = struct {
     dx: [*]const f32,
     sums: [*]const f32,
     blocks: [*]align(1) const quant.BlockQ8_0,
 
-    fn of(act: [*]const u8, n: usize) Q8Act {
+    pub fn of(act: [*]const u8, n: usize) Q8Act {
         const nb = n / qk;
         const f: [*]const f32 = @ptrCast(@alignCast(act));
         return .{ .dx = f, .sums = f + nb, .blocks = @ptrCast(act + 8 * nb) };
@@ -96,90 +107,6 @@ pub fn dot(w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
         .q6_k => dotQ6K(@ptrCast(row), @ptrCast(act), n / qk_k),
         else => unreachable,
     };
-}
-
-// ---------------------------------------------------------------------------------------------
-// The integer core: 32 (u8 or i8) x i8 products summed in 8 groups of 4 adjacent pairs.
-
-inline fn dotU8I8(u: U8x32, s: I8x32) I32x8 {
-    if (x86.available) return x86.dotU8I8(u, s);
-    const p = @as(@Vector(32, i32), u) * @as(@Vector(32, i32), s);
-    return groupsOf4(p);
-}
-
-/// Pairwise u8 x i8 products summed to i16 (callers keep sums within i16: x86 saturates).
-inline fn maddubs(u: U8x32, s: I8x32) I16x16 {
-    if (x86.available) return x86.maddubs(u, s);
-    const p = @as(@Vector(32, i16), u) * @as(@Vector(32, i16), s);
-    return @shuffle(i16, p, undefined, evens(16)) + @shuffle(i16, p, undefined, odds(16));
-}
-
-/// Pairwise i16 x i16 products summed to i32.
-inline fn maddwd(a: I16x16, b: I16x16) I32x8 {
-    if (x86.available) return x86.maddwd(a, b);
-    const p = @as(@Vector(16, i32), a) * @as(@Vector(16, i32), b);
-    return @shuffle(i32, p, undefined, evens(8)) + @shuffle(i32, p, undefined, odds(8));
-}
-
-fn evens(comptime n: usize) [n]i32 {
-    var out: [n]i32 = undefined;
-    for (&out, 0..) |*o, i| o.* = @intCast(2 * i);
-    return out;
-}
-
-fn odds(comptime n: usize) [n]i32 {
-    var out: [n]i32 = undefined;
-    for (&out, 0..) |*o, i| o.* = @intCast(2 * i + 1);
-    return out;
-}
-
-inline fn dotI8I8(a: I8x32, b: I8x32) I32x8 {
-    if (x86.available) return x86.dotI8I8(a, b);
-    const p = @as(@Vector(32, i32), a) * @as(@Vector(32, i32), b);
-    return groupsOf4(p);
-}
-
-inline fn groupsOf4(p: @Vector(32, i32)) I32x8 {
-    const idx = struct {
-        fn of(comptime k: i32) [8]i32 {
-            var out: [8]i32 = undefined;
-            for (&out, 0..) |*o, j| o.* = 4 * @as(i32, @intCast(j)) + k;
-            return out;
-        }
-    };
-    return @shuffle(i32, p, undefined, idx.of(0)) + @shuffle(i32, p, undefined, idx.of(1)) +
-        @shuffle(i32, p, undefined, idx.of(2)) + @shuffle(i32, p, undefined, idx.of(3));
-}
-
-/// The 32 4-bit values of a 16-byte block, in element order (low nibbles first).
-inline fn nibbles(qs: *align(1) const [16]u8) U8x32 {
-    if (x86.available) return x86.nibbles(qs);
-    const bytes: @Vector(16, u8) = qs.*;
-    return std.simd.join(bytes & @as(@Vector(16, u8), @splat(0x0f)), bytes >> @splat(4));
-}
-
-/// The f16 values at the start of 8 consecutive blocks (`stride` bytes apart), as f32: one vector
-/// conversion instead of eight scalar ones.
-inline fn scales8(p: [*]const u8, comptime stride: usize) F32x8 {
-    var v: @Vector(8, u16) = undefined;
-    inline for (0..8) |j| v[j] = std.mem.readInt(u16, p[j * stride ..][0..2], .little);
-    return @floatCast(@as(@Vector(8, f16), @bitCast(v)));
-}
-
-/// 16 where bit j of `bits` is set, for each byte j of 32: the fifth bit of Q5_0/Q5_1 elements.
-inline fn fifthBits(bits: u32) U8x32 {
-    const bytes: @Vector(4, u8) = @bitCast(bits);
-    const spread = @shuffle(u8, bytes, undefined, [32]i32{ 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3 });
-    const mask = U8x32{ 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128 };
-    return @select(u8, (spread & mask) != @as(U8x32, @splat(0)), @as(U8x32, @splat(16)), @as(U8x32, @splat(0)));
-}
-
-inline fn f16At(p: [*]const u8) f32 {
-    return @floatCast(@as(f16, @bitCast(std.mem.readInt(u16, p[0..2], .little))));
-}
-
-inline fn fma8(d: f32, p: I32x8, acc: F32x8) F32x8 {
-    return @mulAdd(F32x8, @splat(d), @floatFromInt(p), acc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -237,7 +164,7 @@ fn dotBf16(row: [*]const u8, b: [*]const f32, n: usize) f32 {
 // and the offset terms of the whole batch are one vector FMA against the activation sums.
 
 /// Integer dot of one weight block with one activation block, in 8 i32 lanes.
-inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, x: *align(1) const quant.BlockQ8_0) I32x8 {
+pub inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, x: *align(1) const quant.BlockQ8_0) I32x8 {
     return switch (w_type) {
         .q8_0 => dotI8I8(@bitCast(blk[2..34].*), x.qs),
         .q4_0 => dotU8I8(nibbles(blk[2..18]), x.qs),
@@ -302,30 +229,6 @@ fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
 // ---------------------------------------------------------------------------------------------
 // K-quants against q8k activations. Sub-block scales are applied in the integer domain (vpmaddwd
 // against the scale instead of 1s), so each 256-element super-block costs one conversion to float.
-
-/// The 8 six-bit scales and 8 mins of a Q4_K/Q5_K super-block (see quant.scaleMinK4), unpacked
-/// four at a time with 32-bit masks instead of one at a time.
-inline fn scalesMinsK4(p: *const [12]u8) struct { sc: [8]u8, m: [8]u8 } {
-    const w0 = std.mem.readInt(u32, p[0..4], .little);
-    const w1 = std.mem.readInt(u32, p[4..8], .little);
-    const w2 = std.mem.readInt(u32, p[8..12], .little);
-    const low6: u32 = 0x3f3f3f3f;
-    const low4: u32 = 0x0f0f0f0f;
-    const low2: u32 = 0x03030303;
-    const sc_lo = w0 & low6; // sub-blocks 0..3: 6 bits in bytes 0..3
-    const sc_hi = (w2 & low4) | (((w0 >> 6) & low2) << 4); // 4..7: low 4 bits in bytes 8..11, top 2 in 0..3
-    const m_lo = w1 & low6; // mins 0..3: bytes 4..7
-    const m_hi = ((w2 >> 4) & low4) | (((w1 >> 6) & low2) << 4); // mins 4..7
-    return .{
-        .sc = @bitCast([2]u32{ sc_lo, sc_hi }),
-        .m = @bitCast([2]u32{ m_lo, m_hi }),
-    };
-}
-
-/// Sums of the 16-element activation sums in pairs: the sum over each 32-element sub-block.
-inline fn pairSums(bsums: [16]i16) I32x8 {
-    return maddwd(bsums, @splat(1));
-}
 
 /// q4_k/q5_k: per super-block, d_x * (d * sum_j sc_j q_j.x_j - dmin * sum_j m_j xsum_j).
 fn dotQ4K(comptime w_type: DType, row: [*]const u8, x: [*]align(1) const quant.BlockQ8_K, nb: usize) f32 {

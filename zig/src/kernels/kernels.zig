@@ -3,6 +3,8 @@
 pub const DType = @import("dtype.zig").DType;
 pub const quant = @import("quant.zig");
 pub const dot = @import("dot.zig");
+pub const simd = @import("simd.zig");
+pub const matmul = @import("matmul.zig");
 pub const ops = @import("ops.zig");
 
 test {

@@ -45,14 +45,11 @@ fn matvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, y: [*]f3
     for (row_begin..row_end) |r| y[r] = dot.dot(wt, w.data + r * w.row_bytes, act, w.n_cols);
 }
 
-/// Rows outer, tokens inner: each weight row is read from memory once for the whole batch.
+/// Tiles of rows x tokens (kernels/matmul.zig): each weight block is read and unpacked once for
+/// several tokens.
 fn matmul(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, act_stride: u64, n_tokens: u64, y: [*]f32, y_stride: u64, row_begin: u64, row_end: u64) callconv(.c) void {
     _ = ctx;
-    const wt: DType = @enumFromInt(w.dtype);
-    for (row_begin..row_end) |r| {
-        const row = w.data + r * w.row_bytes;
-        for (0..n_tokens) |t| y[t * y_stride + r] = dot.dot(wt, row, act + t * act_stride, w.n_cols);
-    }
+    kernels.matmul.matmul(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, act_stride, n_tokens, y, y_stride, row_begin, row_end);
 }
 
 const table = api.BackendApi{
