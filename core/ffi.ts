@@ -54,6 +54,14 @@ const symbols = {
   sp_eval: { parameters: ["pointer", "u32", "u32"], result: "i32", nonblocking: true },
   /** The same function, called on the JS thread: ~40 µs less per call, but blocks the event loop. */
   sp_eval_sync: { name: "sp_eval", parameters: ["pointer", "u32", "u32"], result: "i32" },
+  /** Bench* sp_bench_create(u32 kind, u32 dtype, u64 rows, u64 cols, u32 tokens, u32 threads): kernel benchmarks */
+  sp_bench_create: { parameters: ["u32", "u32", "u64", "u64", "u32", "u32"], result: "pointer" },
+  /** u64 sp_bench_run(Bench* bench): ns for one operation */
+  sp_bench_run: { parameters: ["pointer"], result: "u64" },
+  /** u64 sp_bench_bytes(Bench* bench) */
+  sp_bench_bytes: { parameters: ["pointer"], result: "u64" },
+  /** void sp_bench_destroy(Bench* bench) */
+  sp_bench_destroy: { parameters: ["pointer"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened core library's symbols. */

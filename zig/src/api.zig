@@ -108,24 +108,26 @@ export fn sp_eval(session: *Session, n_tokens: u32, pos0: u32) i32 {
     return forward.eval(session, n_tokens, pos0).code();
 }
 
-/// Benchmark: best time (ns) of `iters` reads of `bytes` of memory on `threads` threads; 0 on failure.
-export fn sp_bench_mem_read(bytes: u64, threads: u32, iters: u32) u64 {
-    if (threads == 0 or threads > 256 or iters == 0) return 0;
-    return kernel_bench.memRead(bytes, threads, iters) catch 0;
+/// Benchmark: creates a kernel benchmark (kind 0 memory read of rows*cols bytes, 1 matrix-vector, 2
+/// matrix-matrix with `tokens` inputs) over a (rows, cols) matrix of `dtype` on `threads` threads;
+/// null if the arguments are bad or memory runs out.
+export fn sp_bench_create(kind: u32, dtype: u32, rows: u64, cols: u64, tokens: u32, threads: u32) ?*kernel_bench.Bench {
+    const k = std.meta.intToEnum(kernel_bench.Kind, kind) catch return null;
+    return kernel_bench.Bench.create(k, @enumFromInt(dtype), rows, cols, tokens, threads) catch null;
 }
 
-/// Benchmark: best time (ns) of `iters` matrix-vector products over a (rows, cols) matrix of type
-/// `dtype` on `threads` threads, activation preparation included; 0 if the type is unsupported.
-export fn sp_bench_matvec(dtype: u32, rows: u64, cols: u64, threads: u32, iters: u32) u64 {
-    if (threads == 0 or threads > 256 or iters == 0) return 0;
-    return kernel_bench.matvec(@enumFromInt(dtype), rows, cols, threads, iters) catch 0;
+/// Benchmark: runs the operation once; returns its time in ns.
+export fn sp_bench_run(bench: *kernel_bench.Bench) u64 {
+    return bench.run();
 }
 
-/// Benchmark: best time (ns) of `iters` matrix products of a (rows, cols) matrix of type `dtype`
-/// with `tokens` inputs on `threads` threads (the prompt-processing kernel); 0 if unsupported.
-export fn sp_bench_matmul(dtype: u32, rows: u64, cols: u64, tokens: u32, threads: u32, iters: u32) u64 {
-    if (threads == 0 or threads > 256 or iters == 0 or tokens == 0) return 0;
-    return kernel_bench.matmul(@enumFromInt(dtype), rows, cols, tokens, threads, iters) catch 0;
+/// Benchmark: bytes one run reads (memory, or weights).
+export fn sp_bench_bytes(bench: *kernel_bench.Bench) u64 {
+    return bench.bytes();
+}
+
+export fn sp_bench_destroy(bench: *kernel_bench.Bench) void {
+    bench.destroy();
 }
 
 test {

@@ -1,7 +1,8 @@
-//! Native micro-benchmarks behind `sp_bench_*` in api.zig: memory read bandwidth, and the
-//! throughput of the matrix-vector kernels per weight type, both on the core's own thread pool so
-//! they measure what decode does. Working sets are far larger than the last-level cache so the
-//! figures are DRAM figures. bench/kernels_bench.ts prints them side by side.
+//! Native micro-benchmarks behind `sp_bench_*` in api.zig: memory read bandwidth, and the matrix
+//! kernels per weight type, on the core's own thread pool so they measure what decode and prefill
+//! do. A benchmark is created once (buffers allocated and filled), run many times (one operation
+//! per run, timed by the caller), then destroyed. Working sets are far larger than the last-level
+//! cache so the figures are DRAM figures. bench/kernels_bench.ts prints them side by side.
 const std = @import("std");
 const kernels = @import("kernels");
 const DType = kernels.DType;
@@ -10,156 +11,114 @@ const ThreadPool = @import("../engine/thread_pool.zig").ThreadPool;
 
 const allocator = std.heap.c_allocator;
 
-/// Sums `bytes` of memory with `threads` threads, `iters` times; returns the best time in ns.
-pub fn memRead(bytes: usize, threads: usize, iters: usize) !u64 {
-    const V = @Vector(8, u64);
-    const n = bytes / @sizeOf(V);
-    const buf = try allocator.alignedAlloc(V, 64, n);
-    defer allocator.free(buf);
-    for (buf, 0..) |*v, i| v.* = @splat(@as(u64, i));
-    const pool = try ThreadPool.init(allocator, threads);
-    defer pool.deinit();
-    const Job = struct {
-        data: []const V,
-        sink: std.atomic.Value(u64) = std.atomic.Value(u64).init(0),
-        fn run(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
-            const self: *@This() = @ptrCast(@alignCast(ctx));
-            var a: V = @splat(0);
-            var b: V = @splat(0);
-            var i = begin;
-            while (i + 1 < end) : (i += 2) {
-                a +%= self.data[i];
-                b +%= self.data[i + 1];
+pub const Kind = enum(u32) { mem_read = 0, matvec = 1, matmul = 2 };
+
+pub const Bench = struct {
+    kind: Kind,
+    dtype: DType,
+    pool: *ThreadPool,
+    /// Memory read (mem_read) or the weight matrix (matvec, matmul).
+    data: []align(64) u8,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    tokens: usize,
+    act: []align(64) u8,
+    act_stride: usize,
+    y: []f32,
+    sink: std.atomic.Value(u64) = std.atomic.Value(u64).init(0),
+
+    /// Allocates and fills a benchmark: `rows` x `cols` weights of `dtype` (mem_read reads
+    /// rows * cols bytes), `tokens` inputs for matmul.
+    pub fn create(kind: Kind, dtype: DType, rows: usize, cols: usize, tokens: usize, threads: usize) !*Bench {
+        if (threads == 0 or threads > 256 or rows == 0 or cols == 0) return error.InvalidArgument;
+        const self = try allocator.create(Bench);
+        errdefer allocator.destroy(self);
+        const row_bytes = if (kind == .mem_read) cols else (if (dtype.isWeightType()) dtype.rowBytes(cols) orelse return error.Unsupported else return error.Unsupported);
+        const data = try allocator.alignedAlloc(u8, 64, row_bytes * rows);
+        errdefer allocator.free(data);
+        var prng = std.Random.DefaultPrng.init(42);
+        const rng = prng.random();
+        const n_tokens = if (kind == .matmul) @max(tokens, 1) else 1;
+        const stride = if (kind == .mem_read) 64 else std.mem.alignForward(usize, dot.activationBytes(dtype, cols), 64);
+        const act = try allocator.alignedAlloc(u8, 64, stride * n_tokens);
+        errdefer allocator.free(act);
+        const y = try allocator.alloc(f32, if (kind == .mem_read) 1 else rows * n_tokens);
+        errdefer allocator.free(y);
+        if (kind == .mem_read) {
+            rng.bytes(data);
+        } else {
+            for (0..rows) |r| dot.fillRandomRow(rng, dtype, cols, data[r * row_bytes ..][0..row_bytes]);
+            const x = try allocator.alloc(f32, cols);
+            defer allocator.free(x);
+            for (0..n_tokens) |t| {
+                for (x) |*v| v.* = rng.floatNorm(f32);
+                dot.prepareActivation(dtype, x, act[t * stride ..][0..stride]);
             }
-            if (i < end) a +%= self.data[i];
-            _ = self.sink.fetchAdd(@reduce(.Add, a +% b), .monotonic);
         }
-    };
-    var job = Job{ .data = buf };
-    var best: u64 = std.math.maxInt(u64);
-    for (0..iters) |_| {
-        var timer = try std.time.Timer.start();
-        pool.run(&job, Job.run, n, 1 << 14);
-        best = @min(best, timer.read());
+        self.* = .{
+            .kind = kind,
+            .dtype = dtype,
+            .pool = try ThreadPool.init(allocator, threads),
+            .data = data,
+            .rows = rows,
+            .cols = cols,
+            .row_bytes = row_bytes,
+            .tokens = n_tokens,
+            .act = act,
+            .act_stride = stride,
+            .y = y,
+        };
+        return self;
     }
-    std.mem.doNotOptimizeAway(job.sink.load(.monotonic));
-    return best;
-}
 
-/// Fills a row-major weight matrix of `dtype` with random values whose scales are sane.
-fn fillWeights(rng: std.Random, dtype: DType, bytes: []u8) void {
-    rng.bytes(bytes);
-    switch (dtype) {
-        .f32 => for (std.mem.bytesAsSlice(f32, bytes)) |*v| {
-            v.* = rng.float(f32) - 0.5;
-        },
-        .f16, .bf16 => for (std.mem.bytesAsSlice(u16, bytes)) |*v| {
-            v.* = if (dtype == .f16) @bitCast(@as(f16, @floatCast(rng.float(f32) - 0.5))) else kernels.quant.f32ToBf16(rng.float(f32) - 0.5);
-        },
-        else => {
-            // Every block starts with f16 scale(s) (except q6_k, where d is last); random bits there
-            // could be NaN, which would make the timing meaningless (NaN paths are not slower, but
-            // keep the data realistic anyway).
-            const bb = dtype.blockBytes().?;
-            var off: usize = 0;
-            while (off + bb <= bytes.len) : (off += bb) {
-                const at = kernels.quant.scaleOffset(dtype);
-                std.mem.writeInt(u16, bytes[off + at ..][0..2], @bitCast(@as(f16, 0.01)), .little);
-                if (kernels.quant.hasMin(dtype)) std.mem.writeInt(u16, bytes[off + at + 2 ..][0..2], @bitCast(@as(f16, -0.02)), .little);
-            }
-        },
+    pub fn destroy(self: *Bench) void {
+        self.pool.deinit();
+        allocator.free(self.data);
+        allocator.free(self.act);
+        allocator.free(self.y);
+        allocator.destroy(self);
     }
-}
 
-/// Runs y = W·x over a (rows, cols) matrix of `dtype` with `threads` threads, `iters` times, after
-/// one warm-up; returns the best time in ns. The input is prepared (quantized) once, outside the
-/// timing: decode prepares it once per matrix and amortizes it over every row.
-pub fn matvec(dtype: DType, rows: usize, cols: usize, threads: usize, iters: usize) !u64 {
-    if (!dtype.isWeightType()) return error.Unsupported;
-    const row_bytes = dtype.rowBytes(cols) orelse return error.Unsupported;
-    const w = try allocator.alignedAlloc(u8, 64, row_bytes * rows);
-    defer allocator.free(w);
-    var prng = std.Random.DefaultPrng.init(42);
-    fillWeights(prng.random(), dtype, w);
-    const x = try allocator.alloc(f32, cols);
-    defer allocator.free(x);
-    for (x) |*v| v.* = prng.random().floatNorm(f32);
-    const act = try allocator.alignedAlloc(u8, 64, dot.activationBytes(dtype, cols));
-    defer allocator.free(act);
-    const y = try allocator.alloc(f32, rows);
-    defer allocator.free(y);
-    const pool = try ThreadPool.init(allocator, threads);
-    defer pool.deinit();
-    const Job = struct {
-        dtype: DType,
-        w: []const u8,
-        row_bytes: usize,
-        cols: usize,
-        act: []const u8,
-        y: []f32,
-        fn run(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
-            const self: *@This() = @ptrCast(@alignCast(ctx));
-            for (begin..end) |r| self.y[r] = dot.dot(self.dtype, self.w.ptr + r * self.row_bytes, self.act.ptr, self.cols);
+    /// Bytes of memory (or weights) one run reads.
+    pub fn bytes(self: *const Bench) usize {
+        return self.data.len;
+    }
+
+    /// One operation; returns its time in ns. Inputs are prepared at creation: decode prepares its
+    /// input once per matrix and amortizes it over every row.
+    pub fn run(self: *Bench) u64 {
+        var timer = std.time.Timer.start() catch return 0;
+        switch (self.kind) {
+            .mem_read => self.pool.run(self, memReadJob, self.data.len / 64, 1 << 14),
+            .matvec => self.pool.run(self, matvecJob, self.rows, 64),
+            .matmul => self.pool.run(self, matmulJob, self.rows, 64),
         }
-    };
-    var job = Job{ .dtype = dtype, .w = w, .row_bytes = row_bytes, .cols = cols, .act = act, .y = y };
-    var best: u64 = std.math.maxInt(u64);
-    dot.prepareActivation(dtype, x, act);
-    for (0..iters + 1) |i| {
-        var timer = try std.time.Timer.start();
-        pool.run(&job, Job.run, rows, 64);
-        const t = timer.read();
-        if (i > 0) best = @min(best, t);
+        return timer.read();
     }
-    std.mem.doNotOptimizeAway(y[rows / 2]);
-    return best;
-}
 
-/// Runs Y = W·X for `tokens` inputs over a (rows, cols) matrix of `dtype` with the tiled kernels on
-/// `threads` threads; returns the best time in ns of `iters` runs (inputs prepared once, untimed).
-pub fn matmul(dtype: DType, rows: usize, cols: usize, tokens: usize, threads: usize, iters: usize) !u64 {
-    if (!dtype.isWeightType()) return error.Unsupported;
-    const row_bytes = dtype.rowBytes(cols) orelse return error.Unsupported;
-    const w = try allocator.alignedAlloc(u8, 64, row_bytes * rows);
-    defer allocator.free(w);
-    var prng = std.Random.DefaultPrng.init(42);
-    fillWeights(prng.random(), dtype, w);
-    const stride = std.mem.alignForward(usize, dot.activationBytes(dtype, cols), 64);
-    const act = try allocator.alignedAlloc(u8, 64, stride * tokens);
-    defer allocator.free(act);
-    const x = try allocator.alloc(f32, cols);
-    defer allocator.free(x);
-    for (0..tokens) |t| {
-        for (x) |*v| v.* = prng.random().floatNorm(f32);
-        dot.prepareActivation(dtype, x, act[t * stride ..][0..stride]);
-    }
-    const y = try allocator.alloc(f32, rows * tokens);
-    defer allocator.free(y);
-    const pool = try ThreadPool.init(allocator, threads);
-    defer pool.deinit();
-    const Job = struct {
-        dtype: DType,
-        w: []const u8,
-        row_bytes: usize,
-        cols: usize,
-        act: []const u8,
-        stride: usize,
-        tokens: usize,
-        y: []f32,
-        rows: usize,
-        fn run(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
-            const self: *@This() = @ptrCast(@alignCast(ctx));
-            kernels.matmul.matmul(self.dtype, self.w.ptr, self.row_bytes, self.cols, self.act.ptr, self.stride, self.tokens, self.y.ptr, self.rows, begin, end);
+    fn memReadJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        const V = @Vector(8, u64);
+        const lines: [*]const V = @ptrCast(self.data.ptr);
+        var a: V = @splat(0);
+        var b: V = @splat(0);
+        var i = begin;
+        while (i + 1 < end) : (i += 2) {
+            a +%= lines[i];
+            b +%= lines[i + 1];
         }
-    };
-    var job = Job{ .dtype = dtype, .w = w, .row_bytes = row_bytes, .cols = cols, .act = act, .stride = stride, .tokens = tokens, .y = y, .rows = rows };
-    var best: u64 = std.math.maxInt(u64);
-    for (0..iters + 1) |i| {
-        var timer = try std.time.Timer.start();
-        pool.run(&job, Job.run, rows, 16);
-        const t = timer.read();
-        if (i > 0) best = @min(best, t);
+        if (i < end) a +%= lines[i];
+        _ = self.sink.fetchAdd(@reduce(.Add, a +% b), .monotonic);
     }
-    std.mem.doNotOptimizeAway(y[rows / 2]);
-    return best;
-}
+
+    fn matvecJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        for (begin..end) |r| self.y[r] = dot.dot(self.dtype, self.data.ptr + r * self.row_bytes, self.act.ptr, self.cols);
+    }
+
+    fn matmulJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        kernels.matmul.matmul(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.act_stride, self.tokens, self.y.ptr, self.rows, begin, end);
+    }
+};

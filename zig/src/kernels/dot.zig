@@ -58,22 +58,27 @@ pub fn activationFormat(w: DType) ActFormat {
 pub fn activationBytes(w: DType, n: usize) usize {
     return switch (activationFormat(w)) {
         .f32 => 4 * n,
-        .q8 => (n / qk) * (8 + @sizeOf(quant.BlockQ8_0)),
+        .q8 => Q8Act.valuesOffset(n / qk) + (n / qk) * qk,
         .q8k => (n / qk_k) * @sizeOf(quant.BlockQ8_K),
     };
 }
 
-/// A `q8` input: per-block scales d as f32, then per-block sums d*sum(q) as f32 (both 4-byte aligned
-/// from the buffer start, and contiguous so the kernels load 8 at a time), then the blocks.
+/// A `q8` input (see quant.quantizeRowQ8Split): per-block scales d and sums d*sum(q) as f32, contiguous
+/// so kernels load 8 at a time, then the 32 values of each block, 32-byte aligned. The buffer start
+/// must be 32-byte aligned (the engine's are 64).
 pub const Q8Act = struct {
     dx: [*]const f32,
     sums: [*]const f32,
-    blocks: [*]align(1) const quant.BlockQ8_0,
+    qs: [*]const [qk]i8,
+
+    pub fn valuesOffset(nb: usize) usize {
+        return std.mem.alignForward(usize, 8 * nb, 32);
+    }
 
     pub fn of(act: [*]const u8, n: usize) Q8Act {
         const nb = n / qk;
         const f: [*]const f32 = @ptrCast(@alignCast(act));
-        return .{ .dx = f, .sums = f + nb, .blocks = @ptrCast(act + 8 * nb) };
+        return .{ .dx = f, .sums = f + nb, .qs = @ptrCast(@alignCast(act + valuesOffset(nb))) };
     }
 };
 
@@ -85,9 +90,8 @@ pub fn prepareActivation(w: DType, x: []const f32, out: []u8) void {
         .q8 => {
             const nb = n / qk;
             const f: [*]f32 = @ptrCast(@alignCast(out.ptr));
-            const blocks: [*]quant.BlockQ8_0 = @ptrCast(out.ptr + 8 * nb);
-            quant.quantizeRowQ8Sums(x, blocks[0..nb], f[nb .. 2 * nb]);
-            for (f[0..nb], blocks[0..nb]) |*d, blk| d.* = @floatCast(blk.d);
+            const qs: [*][qk]i8 = @ptrCast(@alignCast(out.ptr + Q8Act.valuesOffset(nb)));
+            quant.quantizeRowQ8Split(x, qs[0..nb], f[0..nb], f[nb .. 2 * nb]);
         },
         .q8k => {
             const blocks: [*]align(1) quant.BlockQ8_K = @ptrCast(out.ptr);
@@ -164,13 +168,22 @@ fn dotBf16(row: [*]const u8, b: [*]const f32, n: usize) f32 {
 // and the offset terms of the whole batch are one vector FMA against the activation sums.
 
 /// Integer dot of one weight block with one activation block, in 8 i32 lanes.
-pub inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, x: *align(1) const quant.BlockQ8_0) I32x8 {
+/// blockDot32 for the block at base + `offset`, a compile-time displacement (no address arithmetic).
+pub inline fn blockDotAt(comptime w_type: DType, base: [*]const u8, comptime offset: usize, xq: *const [qk]i8) I32x8 {
     return switch (w_type) {
-        .q8_0 => dotI8I8(@bitCast(blk[2..34].*), x.qs),
-        .q4_0 => dotU8I8(nibbles(blk[2..18]), x.qs),
-        .q4_1 => dotU8I8(nibbles(blk[4..20]), x.qs),
-        .q5_0 => dotU8I8(nibbles(blk[6..22]) | fifthBits(std.mem.readInt(u32, blk[2..6], .little)), x.qs),
-        .q5_1 => dotU8I8(nibbles(blk[8..24]) | fifthBits(std.mem.readInt(u32, blk[4..8], .little)), x.qs),
+        .q4_0 => dotU8I8(simd.nibblesAt(base, offset + 2), xq.*),
+        .q4_1 => dotU8I8(simd.nibblesAt(base, offset + 4), xq.*),
+        else => blockDot32(w_type, base + offset, xq),
+    };
+}
+
+pub inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, xq: *const [qk]i8) I32x8 {
+    return switch (w_type) {
+        .q8_0 => dotI8I8(@bitCast(blk[2..34].*), xq.*),
+        .q4_0 => dotU8I8(nibbles(blk[2..18]), xq.*),
+        .q4_1 => dotU8I8(nibbles(blk[4..20]), xq.*),
+        .q5_0 => dotU8I8(nibbles(blk[6..22]) | fifthBits(std.mem.readInt(u32, blk[2..6], .little)), xq.*),
+        .q5_1 => dotU8I8(nibbles(blk[8..24]) | fifthBits(std.mem.readInt(u32, blk[4..8], .little)), xq.*),
         else => unreachable,
     };
 }
@@ -178,8 +191,10 @@ pub inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, x: *align(1) 
 /// q8_0: sum_b d_w d_x q.x
 /// q4_0, q5_0: sum_b d_w d_x q.x - c sum_b d_w s_b   (c = 8 or 16; q the unsigned 4/5-bit values)
 /// q4_1, q5_1: sum_b d_w d_x q.x + sum_b m_w s_b
-/// How many 8-block batches ahead dot32 prefetches (tuned on Zen 3; see bench/kernels_bench.ts).
-const prefetch_batches = 4;
+/// How many 8-block batches ahead dot32 prefetches: ~4.6 KB for Q4_0, past the ~100 ns DRAM latency at
+/// ~15 GB/s per core (measured on Zen 3 with bench/kernels_bench.ts: 4 batches left 1-thread Q4_0 at
+/// 9.4 GB/s, 32 gave 13.8).
+const prefetch_batches = 32;
 
 fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
     const bb = comptime w_type.blockBytes().?;
@@ -190,18 +205,15 @@ fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
         .q4_1, .q5_1 => 1,
         else => 0,
     };
-    const xbb = @sizeOf(quant.BlockQ8_0);
     var acc = [4]F32x8{ @splat(0), @splat(0), @splat(0), @splat(0) };
     var off: F32x8 = @splat(0);
-    // Running pointers with compile-time offsets inside the batch: indexing the odd-sized blocks
-    // as arrays made LLVM recompute every address (several scalar ops per block).
+    // A running pointer with compile-time offsets inside the batch: indexing the odd-sized weight
+    // blocks as an array made LLVM recompute every address (several scalar ops per block).
     var wp = row;
-    var xp: [*]const u8 = @ptrCast(x.blocks);
     var b: usize = 0;
     while (b + 8 <= nb) : ({
         b += 8;
         wp += 8 * bb;
-        xp += 8 * xbb;
     }) {
         // The hardware prefetcher follows the row, but starts late at each row's beginning and
         // stops at page boundaries; asking for the data a few batches ahead keeps loads in flight.
@@ -210,16 +222,18 @@ fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
         @prefetch(wp + prefetch_batches * 8 * bb + 128, .{});
         const dw = scales8(wp, bb);
         if (offset_scale != 0) off = @mulAdd(F32x8, if (has_min) scales8(wp + 2, bb) else dw, x.sums[b..][0..8].*, off);
-        const dd: [8]f32 = dw * @as(F32x8, x.dx[b..][0..8].*);
+        var dd: [8]f32 align(32) = undefined;
+        simd.spill8(dw * @as(F32x8, x.dx[b..][0..8].*), &dd);
         inline for (0..8) |j| {
-            acc[j & 3] = fma8(dd[j], blockDot32(w_type, wp + j * bb, @ptrCast(xp + j * xbb)), acc[j & 3]);
+            const p: F32x8 = @floatFromInt(blockDotAt(w_type, wp, j * bb, &x.qs[b + j]));
+            acc[j & 3] = @mulAdd(F32x8, @splat(dd[j]), p, acc[j & 3]);
         }
     }
     var tail: f32 = 0;
     while (b < nb) : (b += 1) {
         const blk = row + b * bb;
         const dw = f16At(blk);
-        const p: F32x8 = @floatFromInt(blockDot32(w_type, blk, &x.blocks[b]));
+        const p: F32x8 = @floatFromInt(blockDot32(w_type, blk, &x.qs[b]));
         tail += dw * x.dx[b] * @reduce(.Add, p);
         if (offset_scale != 0) tail += offset_scale * (if (has_min) f16At(blk + 2) else dw) * x.sums[b];
     }
@@ -327,7 +341,12 @@ pub fn dequantizeActivation(w: DType, act: [*]const u8, out: []f32) void {
     const n = out.len;
     switch (activationFormat(w)) {
         .f32 => quant.dequantizeRow(.f32, act, out),
-        .q8 => quant.dequantizeRow(.q8_0, act + 8 * (n / qk), out),
+        .q8 => {
+            const x = Q8Act.of(act, n);
+            for (0..n / qk) |b| {
+                for (0..qk) |j| out[b * qk + j] = @as(f32, @floatFromInt(x.qs[b][j])) * x.dx[b];
+            }
+        },
         .q8k => quant.dequantizeRow(.q8_k, act, out),
     }
 }

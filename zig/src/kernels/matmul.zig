@@ -100,7 +100,6 @@ inline fn pairDot(comptime w_type: DType, q: U8x32, blk: [*]const u8, x: I8x32) 
 
 fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R][*]const u8, acts: [T][*]const u8, n_cols: usize, out: *[R][T]f32) void {
     const bb = comptime w_type.blockBytes().?;
-    const xbb = @sizeOf(quant.BlockQ8_0);
     const nb = n_cols / quant.qk;
     var x: [T]Q8Act = undefined;
     inline for (0..T) |j| x[j] = Q8Act.of(acts[j], n_cols);
@@ -116,7 +115,7 @@ fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R
             var q: [R]U8x32 = undefined;
             inline for (0..R) |i| q[i] = unpack32(w_type, rows[i] + (b + k) * bb);
             inline for (0..T) |j| {
-                const xq: I8x32 = @bitCast(@as([*]const u8, @ptrCast(x[j].blocks))[(b + k) * xbb + 2 ..][0..32].*);
+                const xq: I8x32 = x[j].qs[b + k];
                 inline for (0..R) |i| acc[i][j] = simd.fma8(dd[i][j][k], pairDot(w_type, q[i], rows[i] + (b + k) * bb, xq), acc[i][j]);
             }
         }
@@ -127,7 +126,7 @@ fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R
             const blk = rows[i] + b * bb;
             const q = unpack32(w_type, blk);
             inline for (0..T) |j| {
-                const p: F32x8 = @floatFromInt(pairDot(w_type, q, blk, x[j].blocks[b].qs));
+                const p: F32x8 = @floatFromInt(pairDot(w_type, q, blk, x[j].qs[b]));
                 tail[i][j] += simd.f16At(blk) * x[j].dx[b] * @reduce(.Add, p);
             }
         }

@@ -221,18 +221,19 @@ fn quantizeBlock8(x: *const [qk]f32, qs: *[qk]i8) f32 {
     return d;
 }
 
-/// Activations for the 32-element weight types: Q8_0 blocks plus, per block, sum = d * sum(q) in
-/// f32 (the offset terms of Q4_0/Q5_0 and the mins of Q4_1/Q5_1 multiply it, once per row instead
-/// of once per row and element). `x.len` is a multiple of 32.
-pub fn quantizeRowQ8Sums(x: []const f32, blocks: []BlockQ8_0, sums: []f32) void {
-    std.debug.assert(x.len == blocks.len * qk and sums.len == blocks.len);
-    for (blocks, sums, 0..) |*blk, *sum, b| {
-        const d = quantizeBlock8(x[b * qk ..][0..qk], &blk.qs);
-        blk.d = @floatCast(d);
+/// Activations for the 32-element weight types, in three arrays: per block the scale d (rounded to
+/// f16 and back, as a Q8_0 block would store it), the sum d*sum(q) (the offset terms of Q4_0/Q5_0 and
+/// the mins of Q4_1/Q5_1 multiply it, once per row instead of once per row and element), and the 32
+/// values. Keeping the values apart, 32-byte aligned, means no vector load of them straddles a cache
+/// line (inside 34-byte Q8_0 blocks half of them did). `x.len` is a multiple of 32.
+pub fn quantizeRowQ8Split(x: []const f32, qs: [][qk]i8, d: []f32, sums: []f32) void {
+    std.debug.assert(x.len == qs.len * qk and d.len == qs.len and sums.len == qs.len);
+    for (qs, d, sums, 0..) |*q, *db, *sum, b| {
+        const raw = quantizeBlock8(x[b * qk ..][0..qk], q);
+        db.* = @floatCast(@as(f16, @floatCast(raw)));
         var isum: i32 = 0;
-        for (blk.qs) |q| isum += q;
-        // The kernels multiply by the f16-rounded d, so the sum uses it too.
-        sum.* = @as(f32, @floatCast(blk.d)) * @as(f32, @floatFromInt(isum));
+        for (q) |v| isum += v;
+        sum.* = db.* * @as(f32, @floatFromInt(isum));
     }
 }
 
@@ -279,16 +280,16 @@ test "bf16 round trip rounds to nearest even" {
 test "q8 activations carry d * sum(q) per block" {
     var x: [64]f32 = undefined;
     for (&x, 0..) |*v, i| v.* = @as(f32, @floatFromInt(i)) - 10;
-    var blk: [2]BlockQ8_0 = undefined;
+    var qs: [2][qk]i8 = undefined;
+    var d: [2]f32 = undefined;
     var sums: [2]f32 = undefined;
-    quantizeRowQ8Sums(&x, &blk, &sums);
-    var back: [64]f32 = undefined;
-    dequantizeRow(.q8_0, @ptrCast(&blk), &back);
+    quantizeRowQ8Split(&x, &qs, &d, &sums);
     for (0..2) |b| {
         var sum: f32 = 0;
-        for (back[32 * b ..][0..32], x[32 * b ..][0..32]) |q, v| {
-            try std.testing.expectApproxEqAbs(v, q, 54.0 / 254.0 + 1e-6);
-            sum += q;
+        for (qs[b], x[32 * b ..][0..32]) |q, v| {
+            const back = @as(f32, @floatFromInt(q)) * d[b];
+            try std.testing.expectApproxEqAbs(v, back, 54.0 / 254.0 + 54.0 / 2048.0 + 1e-6);
+            sum += back;
         }
         try std.testing.expectApproxEqRel(sum, sums[b], 1e-5);
     }

@@ -104,6 +104,20 @@ pub inline fn f16At(p: [*]const u8) f32 {
     return @floatCast(@as(f16, @bitCast(std.mem.readInt(u16, p[0..2], .little))));
 }
 
+/// The 32 4-bit values of the 16 bytes at base + `offset` (see `nibbles`).
+pub inline fn nibblesAt(base: [*]const u8, comptime offset: usize) U8x32 {
+    if (x86.available) return x86.nibblesAt(base, offset);
+    return nibbles(base[offset..][0..16]);
+}
+
+/// Makes `v` readable lane by lane from memory: a volatile store, so LLVM keeps the values in memory
+/// and each later `@splat(out[j])` becomes one broadcast load (from a register it would be two
+/// shuffle instructions per lane).
+pub inline fn spill8(v: F32x8, out: *align(32) [8]f32) void {
+    const p: *volatile F32x8 = @ptrCast(out);
+    p.* = v;
+}
+
 pub inline fn fma8(d: f32, p: I32x8, acc: F32x8) F32x8 {
     return @mulAdd(F32x8, @splat(d), @floatFromInt(p), acc);
 }

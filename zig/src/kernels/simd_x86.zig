@@ -57,6 +57,9 @@ pub inline fn dotI8I8(a: I8x32, b: I8x32) I32x8 {
 /// bytes go to both 128-bit halves in one broadcast load; only the upper half is shifted right by 4
 /// (one variable shift), then everything is masked. Cheaper than shift + vinserti128 + mask.
 pub inline fn nibbles(qs: *align(1) const [16]u8) U8x32 {
+    // The address goes in a register: Zig's "m" operands copy the value rather than naming the
+    // original memory. Reading through a pointer the compiler does not see is sound here because
+    // weights are never written while kernels run.
     const v = asm ("vbroadcasti128 (%[p]), %[r]"
         : [r] "=x" (-> @Vector(8, u32)),
         : [p] "r" (qs),
@@ -71,4 +74,15 @@ pub inline fn toF32(v: I32x8) F32x8 {
 
 pub inline fn hsum(v: F32x8) f32 {
     return @reduce(.Add, v);
+}
+
+/// `nibbles` for the 16 bytes at base + `offset`, with the offset written into the instruction as a
+/// displacement: inside an unrolled loop this saves the lea that a separate address would cost.
+pub inline fn nibblesAt(base: [*]const u8, comptime offset: usize) U8x32 {
+    const v = asm (std.fmt.comptimePrint("vbroadcasti128 {d}(%[p]), %[r]", .{offset})
+        : [r] "=x" (-> @Vector(8, u32)),
+        : [p] "r" (base),
+    );
+    const shifted = v >> @Vector(8, u32){ 0, 0, 0, 0, 4, 4, 4, 4 };
+    return @as(U8x32, @bitCast(shifted)) & @as(U8x32, @splat(0x0f));
 }

@@ -1,0 +1,112 @@
+/**
+ * Kernel throughput: memory read bandwidth, and GB/s of weights streamed by the matrix-vector
+ * (decode) kernel of every weight type, at 1 and 2 threads (or SPARROW_BENCH_THREADS), measured in
+ * the same run and printed side by side; plus the matrix-matrix (prefill) kernel per token.
+ *
+ *   deno bench -A bench/kernels_bench.ts
+ *
+ * Matrices are 256 MB of weights (far past any last-level cache), 4096 columns.
+ *
+ * @module
+ */
+import { core } from "../core/ffi.ts";
+import { ggmlTypeByName } from "../core/gguf_types.ts";
+import { machine, table } from "./_report.ts";
+
+const c = core();
+const threadCounts = (Deno.env.get("SPARROW_BENCH_THREADS") ?? `1,${navigator.hardwareConcurrency}`)
+  .split(",").map(Number).filter((n, i, a) => n > 0 && a.indexOf(n) === i);
+const types = (Deno.env.get("SPARROW_BENCH_TYPES") ?? "f32,f16,bf16,q8_0,q4_0,q4_1,q5_0,q5_1,q4_k,q5_k,q6_k").split(
+  ",",
+);
+const cols = 4096;
+const weightBytes = 256e6;
+
+type Handle = Deno.PointerObject;
+const kinds = { memRead: 0, matvec: 1, matmul: 2 } as const;
+
+function create(kind: number, dtype: number, rows: number, tokens: number, threads: number, width = cols): Handle {
+  const h = c.sp_bench_create(kind, dtype, BigInt(rows), BigInt(width), tokens, threads);
+  if (h === null) throw new Error(`cannot create benchmark kind ${kind} dtype ${dtype}`);
+  return h;
+}
+
+/** Best-of-run GB/s, recorded per benchmark name, for the summary tables. */
+const best = new Map<string, number>();
+function record(name: string, bytes: number, ns: number): void {
+  best.set(name, Math.max(best.get(name) ?? 0, bytes / ns));
+}
+
+for (const t of threadCounts) {
+  const h = create(kinds.memRead, 0, 8192, 1, t, 65536); // 512 MiB
+  const bytes = Number(c.sp_bench_bytes(h));
+  Deno.bench({
+    name: `memory read ${bytes >> 20} MiB, ${t} thread(s)`,
+    group: `memory ${t}T`,
+    baseline: true,
+    fn: () => record(`mem ${t}`, bytes, Number(c.sp_bench_run(h))),
+  });
+}
+
+for (const name of types) {
+  const info = ggmlTypeByName(name)!;
+  const rows = Math.round(weightBytes / ((cols / info.blockElems) * info.blockBytes));
+  for (const t of threadCounts) {
+    const h = create(kinds.matvec, info.id, rows, 1, t);
+    const bytes = Number(c.sp_bench_bytes(h));
+    Deno.bench({
+      name: `matvec ${name} ${rows}x${cols} (${(bytes / 1e6).toFixed(0)} MB), ${t} thread(s)`,
+      group: `memory ${t}T`,
+      fn: () => record(`${name} ${t}`, bytes, Number(c.sp_bench_run(h))),
+    });
+  }
+}
+
+const prefillTimes = new Map<string, number>();
+for (const name of types.filter((n) => n.startsWith("q"))) {
+  const info = ggmlTypeByName(name)!;
+  for (const t of threadCounts) {
+    for (const [kind, tokens] of [[kinds.matvec, 1], [kinds.matmul, 64]] as const) {
+      const h = create(kind, info.id, 4096, tokens, t);
+      const key = `${name} ${t} ${kind}`;
+      Deno.bench({
+        name: `${kind === kinds.matvec ? "matvec" : "matmul x64"} ${name} 4096x4096, ${t} thread(s)`,
+        group: `prefill ${name}`,
+        baseline: kind === kinds.matvec && t === threadCounts[0],
+        fn: () => {
+          const us = Number(c.sp_bench_run(h)) / 1e3 / tokens;
+          prefillTimes.set(key, Math.min(prefillTimes.get(key) ?? Infinity, us));
+        },
+      });
+    }
+  }
+}
+
+table(`Memory bandwidth and decode kernels (${machine()}); best GB/s of the run`, [
+  "kernel",
+  ...threadCounts.map((t) => `${t} thread${t > 1 ? "s" : ""}`),
+  ...threadCounts.map((t) => `% of bandwidth (${t}T)`),
+], () => {
+  const mem = threadCounts.map((t) => best.get(`mem ${t}`) ?? NaN);
+  const rows = [["memory read", ...mem.map((g) => g.toFixed(1)), ...threadCounts.map(() => "100%")]];
+  for (const name of types) {
+    const g = threadCounts.map((t) => best.get(`${name} ${t}`) ?? NaN);
+    rows.push([
+      `matvec ${name}`,
+      ...g.map((v) => v.toFixed(1)),
+      ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
+    ]);
+  }
+  return rows;
+});
+
+table("Prefill kernel (64 tokens) vs decode kernel, 4096x4096, best us per token", [
+  "type",
+  ...threadCounts.map((t) => `matvec (${t}T)`),
+  ...threadCounts.map((t) => `matmul x64 (${t}T)`),
+], () =>
+  types.filter((n) => n.startsWith("q")).map((name) => [
+    name,
+    ...threadCounts.map((t) => (prefillTimes.get(`${name} ${t} ${kinds.matvec}`) ?? NaN).toFixed(0)),
+    ...threadCounts.map((t) => (prefillTimes.get(`${name} ${t} ${kinds.matmul}`) ?? NaN).toFixed(0)),
+  ]));
