@@ -188,14 +188,14 @@ pub inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, xq: *const [q
     };
 }
 
-/// q8_0: sum_b d_w d_x q.x
-/// q4_0, q5_0: sum_b d_w d_x q.x - c sum_b d_w s_b   (c = 8 or 16; q the unsigned 4/5-bit values)
-/// q4_1, q5_1: sum_b d_w d_x q.x + sum_b m_w s_b
 /// How many 8-block batches ahead dot32 prefetches: ~4.6 KB for Q4_0, past the ~100 ns DRAM latency at
 /// ~15 GB/s per core (measured on Zen 3 with bench/kernels_bench.ts: 4 batches left 1-thread Q4_0 at
 /// 9.4 GB/s, 32 gave 13.8).
 const prefetch_batches = 32;
 
+/// q8_0: sum_b d_w d_x q.x
+/// q4_0, q5_0: sum_b d_w d_x q.x - c sum_b d_w s_b   (c = 8 or 16; q the unsigned 4/5-bit values)
+/// q4_1, q5_1: sum_b d_w d_x q.x + sum_b m_w s_b
 fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
     const bb = comptime w_type.blockBytes().?;
     const has_min = comptime (w_type == .q4_1 or w_type == .q5_1);
