@@ -173,18 +173,12 @@ const AttentionJob = struct {
             const kv_off = self.layer_kv + (h / group) * hd;
             const scores = scores_all[0 .. pos + 1];
             for (scores, 0..) |*sc, p| {
-                const k = s.key_cache[kv_off + p * kv_dim ..][0..hd];
-                var dot: f32 = 0;
-                for (q, k) |a, b| dot += a * b;
-                sc.* = dot * inv_sqrt;
+                sc.* = ops.dotF32(q, s.key_cache[kv_off + p * kv_dim ..][0..hd]) * inv_sqrt;
             }
             ops.softmax(scores);
             const out = s.att_out[t * q_dim + h * hd ..][0..hd];
             @memset(out, 0);
-            for (scores, 0..) |a, p| {
-                const v = s.value_cache[kv_off + p * kv_dim ..][0..hd];
-                for (out, v) |*o, vv| o.* += a * vv;
-            }
+            for (scores, 0..) |a, p| ops.axpy(out, a, s.value_cache[kv_off + p * kv_dim ..][0..hd]);
         }
     }
 };

@@ -59,6 +59,35 @@ pub fn rope(vec: []f32, head_dim: usize, rope_dim: usize, layout: RopeLayout, po
     }
 }
 
+const lanes = std.simd.suggestVectorLength(f32) orelse 4;
+const V = @Vector(lanes, f32);
+
+/// dot(a, b) in f32 with vector lanes (attention scores: q against cached keys).
+pub fn dotF32(a: []const f32, b: []const f32) f32 {
+    std.debug.assert(a.len == b.len);
+    var acc0: V = @splat(0);
+    var acc1: V = @splat(0);
+    var i: usize = 0;
+    while (i + 2 * lanes <= a.len) : (i += 2 * lanes) {
+        acc0 = @mulAdd(V, a[i..][0..lanes].*, b[i..][0..lanes].*, acc0);
+        acc1 = @mulAdd(V, a[i + lanes ..][0..lanes].*, b[i + lanes ..][0..lanes].*, acc1);
+    }
+    var sum = @reduce(.Add, acc0 + acc1);
+    while (i < a.len) : (i += 1) sum += a[i] * b[i];
+    return sum;
+}
+
+/// out += a * v (attention: weighted sum of cached values).
+pub fn axpy(out: []f32, a: f32, v: []const f32) void {
+    std.debug.assert(out.len == v.len);
+    const av: V = @splat(a);
+    var i: usize = 0;
+    while (i + lanes <= out.len) : (i += lanes) {
+        out[i..][0..lanes].* = @mulAdd(V, av, v[i..][0..lanes].*, out[i..][0..lanes].*);
+    }
+    while (i < out.len) : (i += 1) out[i] += a * v[i];
+}
+
 /// In-place softmax.
 pub fn softmax(x: []f32) void {
     var max: f32 = -std.math.inf(f32);
@@ -123,4 +152,19 @@ test "relu activations zero what they should" {
     var g2 = [_]f32{ -1, 2, 3 };
     ffnActivation(.relu, &g2, &u);
     try std.testing.expectEqualSlices(f32, &[_]f32{ 0, -2, 6 }, &g2);
+}
+
+test "vector dot and axpy match scalar loops, tails included" {
+    var a: [37]f32 = undefined;
+    var b: [37]f32 = undefined;
+    for (&a, &b, 0..) |*x, *y, i| {
+        x.* = @as(f32, @floatFromInt(i)) * 0.5 - 3;
+        y.* = 1.0 / @as(f32, @floatFromInt(i + 1));
+    }
+    var want: f32 = 0;
+    for (a, b) |x, y| want += x * y;
+    try std.testing.expectApproxEqRel(want, dotF32(&a, &b), 1e-5);
+    var out = b;
+    axpy(&out, 2, &a);
+    for (out, a, b) |o, x, y| try std.testing.expectApproxEqAbs(y + 2 * x, o, 1e-5);
 }
