@@ -13,7 +13,7 @@ import { findNativeLibrary } from "./native_lib.ts";
 /** C ABI version this file speaks (`abi_version` in zig/src/api.zig). */
 export const coreAbiVersion = 1;
 /** Plugin table version (`api_version` in zig/src/backend_api.zig). */
-export const pluginApiVersion = 1;
+export const pluginApiVersion = 2;
 /** Model description version (`desc_version` in zig/src/engine/model_desc.zig). */
 export const modelDescVersion = 1;
 

@@ -8,7 +8,7 @@
 const std = @import("std");
 
 /// Bump on any change to the layout or meaning of `BackendApi` or the structs it takes.
-pub const api_version: u32 = 1;
+pub const api_version: u32 = 2;
 
 /// The symbol every backend plugin exports: `fn () callconv(.c) *const BackendApi`.
 pub const entry_symbol = "sparrow_backend_get";
@@ -17,6 +17,7 @@ pub const Op = enum(u32) {
     matvec = 0,
     matmul = 1,
     sparse_matvec = 2,
+    axpy_rows = 3,
 };
 
 /// A weight matrix as the core holds it: rows of `n_cols` elements of `dtype`, `row_bytes` apart.
@@ -58,6 +59,11 @@ pub const MatvecFn = *const fn (ctx: ?*anyopaque, w: *const WeightView, act: [*]
 /// y[t * y_stride + r] = dot(w row r, act t), for r in [row_begin, row_end).
 pub const MatmulFn = *const fn (ctx: ?*anyopaque, w: *const WeightView, act: [*]const u8, act_stride: u64, n_tokens: u64, y: [*]f32, y_stride: u64, row_begin: u64, row_end: u64) callconv(.c) void;
 pub const SyncFn = *const fn (ctx: ?*anyopaque) callconv(.c) void;
+/// y[k] = dot(w row rows[k], act) for k in [0, n): the rows of a sparse FFN's active neurons.
+pub const SparseMatvecFn = *const fn (ctx: ?*anyopaque, w: *const WeightView, act: [*]const u8, rows: [*]const u32, n: u64, y: [*]f32) callconv(.c) void;
+/// y[0..w.n_cols] += sum over k < n of coeffs[k] * (w row rows[k]): a sparse FFN's down projection,
+/// stored transposed so each neuron's column is a row.
+pub const AxpyRowsFn = *const fn (ctx: ?*anyopaque, w: *const WeightView, rows: [*]const u32, coeffs: [*]const f32, n: u64, y: [*]f32) callconv(.c) void;
 
 pub const BackendApi = extern struct {
     api_version: u32,
@@ -83,6 +89,10 @@ pub const BackendApi = extern struct {
     matmul: ?MatmulFn,
     /// Optional; default: nothing to wait for (the backend computes synchronously).
     sync: ?SyncFn,
+    /// Optional; without it (or axpy_rows) the backend cannot run sparse FFNs.
+    sparse_matvec: ?SparseMatvecFn,
+    /// Optional; see sparse_matvec.
+    axpy_rows: ?AxpyRowsFn,
 };
 
 /// Checks a table handed over from TypeScript; on failure writes why into `why` and returns it.

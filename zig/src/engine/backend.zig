@@ -70,6 +70,20 @@ pub const Backend = struct {
         for (0..n_tokens) |t| self.table.matvec.?(self.ctx, w, act + t * act_stride, y + t * y_stride, row_begin, row_end);
     }
 
+    /// Whether the plugin has the two operations sparse FFNs need, for rows of these types.
+    pub fn supportsSparse(self: *const Backend, row_type: DType, down_type: DType) bool {
+        if (self.table.sparse_matvec == null or self.table.axpy_rows == null) return false;
+        return self.supports(.sparse_matvec, row_type) and self.supports(.axpy_rows, down_type);
+    }
+
+    pub fn sparseMatvec(self: *const Backend, w: *const api.WeightView, act: [*]const u8, rows: []const u32, y: [*]f32) void {
+        self.table.sparse_matvec.?(self.ctx, w, act, rows.ptr, rows.len, y);
+    }
+
+    pub fn axpyRows(self: *const Backend, w: *const api.WeightView, rows: []const u32, coeffs: [*]const f32, y: [*]f32) void {
+        self.table.axpy_rows.?(self.ctx, w, rows.ptr, coeffs, rows.len, y);
+    }
+
     pub fn sync(self: *const Backend) void {
         if (self.table.sync) |f| f(self.ctx);
     }

@@ -5,6 +5,7 @@ pub const quant = @import("quant.zig");
 pub const dot = @import("dot.zig");
 pub const simd = @import("simd.zig");
 pub const matmul = @import("matmul.zig");
+pub const axpy = @import("axpy.zig");
 pub const ops = @import("ops.zig");
 
 test {

@@ -19,8 +19,12 @@ fn deinit(ctx: ?*anyopaque) callconv(.c) void {
 
 fn supports(ctx: ?*anyopaque, op: u32, dtype: u32) callconv(.c) bool {
     _ = ctx;
-    const known_op = op == @intFromEnum(api.Op.matvec) or op == @intFromEnum(api.Op.matmul);
-    return known_op and @as(DType, @enumFromInt(dtype)).isWeightType();
+    const t: DType = @enumFromInt(dtype);
+    const o = std.meta.intToEnum(api.Op, op) catch return false;
+    return switch (o) {
+        .matvec, .matmul, .sparse_matvec => t.isWeightType(),
+        .axpy_rows => kernels.axpy.supported(t),
+    };
 }
 
 fn activationFormat(ctx: ?*anyopaque, weight_dtype: u32) callconv(.c) u32 {
@@ -52,6 +56,18 @@ fn matmul(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, act_stri
     kernels.matmul.matmul(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, act_stride, n_tokens, y, y_stride, row_begin, row_end);
 }
 
+fn sparseMatvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, rows: [*]const u32, n: u64, y: [*]f32) callconv(.c) void {
+    _ = ctx;
+    const wt: DType = @enumFromInt(w.dtype);
+    for (0..n) |k| y[k] = dot.dot(wt, w.data + @as(usize, rows[k]) * w.row_bytes, act, w.n_cols);
+}
+
+fn axpyRows(ctx: ?*anyopaque, w: *const api.WeightView, rows: [*]const u32, coeffs: [*]const f32, n: u64, y: [*]f32) callconv(.c) void {
+    _ = ctx;
+    const wt: DType = @enumFromInt(w.dtype);
+    for (0..n) |k| kernels.axpy.axpy(wt, w.data + @as(usize, rows[k]) * w.row_bytes, coeffs[k], y, w.n_cols);
+}
+
 const table = api.BackendApi{
     .api_version = api.api_version,
     .struct_size = @sizeOf(api.BackendApi),
@@ -65,6 +81,8 @@ const table = api.BackendApi{
     .matvec = matvec,
     .matmul = matmul,
     .sync = null,
+    .sparse_matvec = sparseMatvec,
+    .axpy_rows = axpyRows,
 };
 
 export fn sparrow_backend_get() *const api.BackendApi {
