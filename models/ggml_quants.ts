@@ -1,14 +1,20 @@
 /**
  * TypeScript quantizers and dequantizers for the GGML weight types sparrow computes with: F32, F16,
- * BF16, Q8_0, Q4_0 and Q4_1. Quantizers round to nearest exactly as ggml's reference
- * (`quantize_row_*_ref`) quantizers do, in float32 arithmetic, so a row quantized here has the bytes
- * llama.cpp would write for it. Dequantizers can write float64, where every Q4_1 value q*d + m is
- * exact, which is what the float64 reference forward (reference_forward.ts) needs.
+ * BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 here and the K-quants Q4_K, Q5_K, Q6_K in ggml_quants_k.ts.
+ * The 32-element quantizers round to nearest exactly as ggml's reference (`quantize_row_*_ref`)
+ * quantizers do, in float32 arithmetic, so a row quantized here has the bytes llama.cpp would write
+ * for it; the K-quant quantizers use a simpler one-pass scheme (see ggml_quants_k.ts). Dequantizers
+ * can write float64, where every value (Q4_1's q*d + m included) is exact, which is what the float64
+ * reference forward (reference_forward.ts) needs.
  *
  * Block layouts (little-endian, ggml's structs; scales are IEEE half floats):
  * - Q4_0: 32 elements in 18 bytes `{d: f16, qs: u8[16]}`: element j (j < 16) is the low nibble of
  *   qs[j], element j + 16 its high nibble; x = (q - 8) * d.
  * - Q4_1: 32 elements in 20 bytes `{d: f16, m: f16, qs: u8[16]}`, nibbles as Q4_0; x = q * d + m.
+ * - Q5_0: 32 elements in 22 bytes `{d: f16, qh: u8[4], qs: u8[16]}`: nibbles as Q4_0, and bit j of
+ *   the little-endian u32 qh is bit 4 of element j's code; x = (q - 16) * d.
+ * - Q5_1: 32 elements in 24 bytes `{d: f16, m: f16, qh: u8[4], qs: u8[16]}`, codes as Q5_0;
+ *   x = q * d + m.
  * - Q8_0: 32 elements in 34 bytes `{d: f16, qs: i8[32]}`; x = q * d.
  * - F16 / BF16: one half float / the upper 16 bits of a float32 per element.
  *
@@ -16,9 +22,26 @@
  */
 import { SparrowError } from "../core/errors.ts";
 import { ggmlType, ggmlTypeName } from "../core/gguf_types.ts";
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "./ggml_half.ts";
+import { dequantizeK, qkK, quantizeK } from "./ggml_quants_k.ts";
+
+export { bf16BitsToF32, f16BitsToF32, f16CeilBits, f32ToBf16Bits, f32ToF16Bits } from "./ggml_half.ts";
+export { qkK };
 
 /** GGML type ids of the formats this module handles. */
-export const QuantType = { F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 8, BF16: 30 } as const;
+export const QuantType = {
+  F32: 0,
+  F16: 1,
+  Q4_0: 2,
+  Q4_1: 3,
+  Q5_0: 6,
+  Q5_1: 7,
+  Q8_0: 8,
+  Q4_K: 12,
+  Q5_K: 13,
+  Q6_K: 14,
+  BF16: 30,
+} as const;
 /** One of the {@link QuantType} ids. */
 export type QuantType = typeof QuantType[keyof typeof QuantType];
 
@@ -27,85 +50,11 @@ export const qk = 32;
 
 const supported: ReadonlySet<number> = new Set(Object.values(QuantType));
 
-// One scratch cell per conversion direction: Float16Array does IEEE round-to-nearest-even and handles
-// subnormals, infinities and NaN, so no bit-twiddling is needed here.
-const f16Cell = new Float16Array(1);
-const f16Bits = new Uint16Array(f16Cell.buffer);
-const f32Cell = new Float32Array(1);
-const f32Bits = new Uint32Array(f32Cell.buffer);
-
-/**
- * Rounds a number to the nearest half float (ties to even) and returns its 16 bits.
- *
- * @param x The value.
- * @returns IEEE binary16 bits.
- * @example
- * ```ts
- * import { f32ToF16Bits } from "./ggml_quants.ts";
- * f32ToF16Bits(1); // 0x3c00
- * ```
- */
-export function f32ToF16Bits(x: number): number {
-  f16Cell[0] = x;
-  return f16Bits[0];
-}
-
-/**
- * The value of half-float bits.
- *
- * @param bits IEEE binary16 bits.
- * @returns The value (exact).
- * @example
- * ```ts
- * import { f16BitsToF32 } from "./ggml_quants.ts";
- * f16BitsToF32(0x3c00); // 1
- * ```
- */
-export function f16BitsToF32(bits: number): number {
-  f16Bits[0] = bits;
-  return f16Cell[0];
-}
-
-/**
- * Rounds a number to bfloat16 (float32 first, then ties to even on the upper 16 bits; NaN stays a
- * quiet NaN), as PyTorch and ggml do.
- *
- * @param x The value.
- * @returns bfloat16 bits.
- * @example
- * ```ts
- * import { f32ToBf16Bits } from "./ggml_quants.ts";
- * f32ToBf16Bits(1); // 0x3f80
- * ```
- */
-export function f32ToBf16Bits(x: number): number {
-  f32Cell[0] = x;
-  const bits = f32Bits[0];
-  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff;
-  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
-}
-
-/**
- * The value of bfloat16 bits.
- *
- * @param bits bfloat16 bits.
- * @returns The value (exact).
- * @example
- * ```ts
- * import { bf16BitsToF32 } from "./ggml_quants.ts";
- * bf16BitsToF32(0x3f80); // 1
- * ```
- */
-export function bf16BitsToF32(bits: number): number {
-  f32Bits[0] = (bits & 0xffff) << 16;
-  return f32Cell[0];
-}
-
 function checkType(type: number): void {
   if (!supported.has(type)) {
     throw new SparrowError(
       "unsupported",
-      `GGML type ${ggmlTypeName(type)} is not one of F32, F16, BF16, Q8_0, Q4_0, Q4_1`,
+      `GGML type ${ggmlTypeName(type)} is not one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K`,
     );
   }
 }
@@ -190,6 +139,61 @@ function quantizeQ4_1(x: ArrayLike<number>, out: DataView, blocks: number): void
   }
 }
 
+/** Writes the 32 five-bit codes of a Q5_0/Q5_1 block: low nibbles as Q4_0, fifth bits into qh. */
+function packQ5(codes: Uint8Array, out: DataView, qhAt: number): void {
+  let qh = 0;
+  for (let j = 0; j < 16; j++) {
+    out.setUint8(qhAt + 4 + j, (codes[j] & 15) | ((codes[j + 16] & 15) << 4));
+    qh |= ((codes[j] >> 4) << j) | ((codes[j + 16] >> 4) << (j + 16));
+  }
+  out.setUint32(qhAt, qh >>> 0, true);
+}
+
+function quantizeQ5_0(x: ArrayLike<number>, out: DataView, blocks: number): void {
+  const codes = new Uint8Array(qk);
+  for (let b = 0; b < blocks; b++) {
+    const base = b * qk;
+    // As Q4_0: the signed value of largest magnitude maps to -16, so the full range -16..15 is used.
+    let amax = 0;
+    let max = 0;
+    for (let j = 0; j < qk; j++) {
+      const v = fround(x[base + j]);
+      if (Math.abs(v) > amax) {
+        amax = Math.abs(v);
+        max = v;
+      }
+    }
+    const d = fround(max / -16);
+    const id = d !== 0 ? fround(1 / d) : 0;
+    out.setUint16(b * 22, f32ToF16Bits(d), true);
+    for (let j = 0; j < qk; j++) codes[j] = Math.min(31, Math.trunc(fround(fround(fround(x[base + j]) * id) + 16.5)));
+    packQ5(codes, out, b * 22 + 2);
+  }
+}
+
+function quantizeQ5_1(x: ArrayLike<number>, out: DataView, blocks: number): void {
+  const codes = new Uint8Array(qk);
+  for (let b = 0; b < blocks; b++) {
+    const base = b * qk;
+    let min = Infinity;
+    let max = -Infinity;
+    for (let j = 0; j < qk; j++) {
+      const v = fround(x[base + j]);
+      if (v < min) min = v;
+      if (v > max) max = v;
+    }
+    const d = fround(fround(max - min) / 31);
+    const id = d !== 0 ? fround(1 / d) : 0;
+    out.setUint16(b * 24, f32ToF16Bits(d), true);
+    out.setUint16(b * 24 + 2, f32ToF16Bits(min), true);
+    // ggml does not clamp here; the clamp only matters where f32 rounding would give 32.
+    for (let j = 0; j < qk; j++) {
+      codes[j] = Math.min(31, Math.trunc(fround(fround(fround(x[base + j]) - min) * id) + 0.5));
+    }
+    packQ5(codes, out, b * 24 + 4);
+  }
+}
+
 function quantizeQ8_0(x: ArrayLike<number>, out: DataView, blocks: number): void {
   for (let b = 0; b < blocks; b++) {
     const base = b * qk;
@@ -243,8 +247,19 @@ export function quantize(type: number, x: ArrayLike<number>, out?: Uint8Array): 
     case QuantType.Q4_1:
       quantizeQ4_1(x, view, n / qk);
       break;
+    case QuantType.Q5_0:
+      quantizeQ5_0(x, view, n / qk);
+      break;
+    case QuantType.Q5_1:
+      quantizeQ5_1(x, view, n / qk);
+      break;
     case QuantType.Q8_0:
       quantizeQ8_0(x, view, n / qk);
+      break;
+    case QuantType.Q4_K:
+    case QuantType.Q5_K:
+    case QuantType.Q6_K:
+      quantizeK(type, x, bytes, n / qkK);
       break;
   }
   return bytes;
@@ -316,12 +331,34 @@ export function dequantize<T extends Float32Array | Float64Array = Float32Array>
         }
       }
       break;
+    case QuantType.Q5_0:
+    case QuantType.Q5_1: {
+      const bb = type === QuantType.Q5_1 ? 24 : 22;
+      const qhAt = type === QuantType.Q5_1 ? 4 : 2;
+      for (let b = 0; b < n / qk; b++) {
+        const at = b * bb;
+        const d = f16BitsToF32(view.getUint16(at, true));
+        const m = type === QuantType.Q5_1 ? f16BitsToF32(view.getUint16(at + 2, true)) : -16 * d;
+        const qh = view.getUint32(at + qhAt, true);
+        for (let j = 0; j < 16; j++) {
+          const q = bytes[at + qhAt + 4 + j];
+          y[b * qk + j] = ((q & 15) | (((qh >>> j) & 1) << 4)) * d + m;
+          y[b * qk + j + 16] = ((q >> 4) | (((qh >>> (j + 16)) & 1) << 4)) * d + m;
+        }
+      }
+      break;
+    }
     case QuantType.Q8_0:
       for (let b = 0; b < n / qk; b++) {
         const at = b * 34;
         const d = f16BitsToF32(view.getUint16(at, true));
         for (let j = 0; j < qk; j++) y[b * qk + j] = view.getInt8(at + 2 + j) * d;
       }
+      break;
+    case QuantType.Q4_K:
+    case QuantType.Q5_K:
+    case QuantType.Q6_K:
+      dequantizeK(type, bytes, n / qkK, y);
       break;
   }
   return y;

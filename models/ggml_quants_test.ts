@@ -72,6 +72,27 @@ Deno.test("ggml quants: hand-made blocks dequantize per the ggml layouts", () =>
   q80[33] = 0xff; // -1
   const c = dequantize(QuantType.Q8_0, q80, 32);
   assert.deepEqual([c[0], c[1], c[2], c[31]], [-127 / 16, 127 / 16, 0, -1 / 16]);
+
+  // Q5_0: d = 0.5; qh (u32 LE at byte 2) bit j is bit 4 of element j's code.
+  const q50 = new Uint8Array(22);
+  const v50 = new DataView(q50.buffer);
+  v50.setUint16(0, 0x3800, true); // 0.5
+  v50.setUint32(2, (1 << 0) | (1 << 16) | (1 << 31), true);
+  q50[6] = 0x3a; // element 0: low nibble 10 (+16 from qh) = 26, element 16: 3 (+16) = 19
+  q50[21] = 0xf0; // element 15: 0 (no qh bit), element 31: 15 (+16) = 31
+  const e = dequantize(QuantType.Q5_0, q50, 32);
+  assert.deepEqual([e[0], e[16], e[15], e[31], e[1]], [5, 1.5, -8, 7.5, -8]); // (q - 16) * 0.5
+
+  // Q5_1: d = 0.25, m = -1, qh at byte 4.
+  const q51 = new Uint8Array(24);
+  const v51 = new DataView(q51.buffer);
+  v51.setUint16(0, 0x3400, true); // 0.25
+  v51.setUint16(2, 0xbc00, true); // -1
+  v51.setUint32(4, 1 << 17, true); // element 17 gets bit 4
+  q51[8] = 0x3a; // element 0: 10, element 16: 3
+  q51[9] = 0x21; // element 1: 1, element 17: 2 + 16 = 18
+  const f = dequantize(QuantType.Q5_1, q51, 32, new Float64Array(32));
+  assert.deepEqual([f[0], f[16], f[1], f[17], f[2]], [1.5, -0.25, -0.75, 3.5, -1]);
 });
 
 Deno.test("ggml quants: hand-made rows quantize as ggml's reference quantizers do", () => {
@@ -109,6 +130,19 @@ Deno.test("ggml quants: hand-made rows quantize as ggml's reference quantizers d
   assert.equal(qw[5] & 15, 1); // x = 1 -> 0.5 + 0.5 = 1
   assert.equal(qw[6] & 15, 1); // x = 2
   assert.equal(qw[4 + 15] >> 4, 15); // x = 30 (element 31)
+
+  // Q5_0: x = i - 16 has its largest magnitude at -16, so d = 1 and every code is i: exact.
+  const qa = quantize(QuantType.Q5_0, x);
+  assert.equal(new DataView(qa.buffer).getUint16(0, true), 0x3c00);
+  assert.equal(new DataView(qa.buffer).getUint32(2, true), 0xffff0000); // codes 16..31 have bit 4 set
+  assert.deepEqual(Array.from(dequantize(QuantType.Q5_0, qa, 32)), Array.from(x));
+
+  // Q5_1: x = 2i: min 0, max 62, so d = 2 and m = 0: exact.
+  const xb = Float32Array.from({ length: 32 }, (_, i) => 2 * i);
+  const qb = quantize(QuantType.Q5_1, xb);
+  assert.equal(f16BitsToF32(new DataView(qb.buffer).getUint16(0, true)), 2);
+  assert.equal(qb[4 + 4 + 15] >> 4, 15); // element 31: code 31, low nibble 15 (fifth bit in qh)
+  assert.deepEqual(Array.from(dequantize(QuantType.Q5_1, qb, 32)), Array.from(xb));
 });
 
 Deno.test("ggml quants: round trips stay within each format's step", () => {
@@ -124,8 +158,10 @@ Deno.test("ggml quants: round trips stay within each format's step", () => {
     assert.equal(f[i], x[i]);
   }
   // Block formats: error at most half a step, plus the scale's f16 rounding times the code, except
-  // Q4_0's clamped top code (an element equal to -max lands on 7 rather than 8: one full step).
-  for (const type of [QuantType.Q8_0, QuantType.Q4_0, QuantType.Q4_1]) {
+  // Q4_0's and Q5_0's clamped top code (an element equal to -max lands on 7 rather than 8, or 15
+  // rather than 16: one full step).
+  const types = [QuantType.Q8_0, QuantType.Q4_0, QuantType.Q4_1, QuantType.Q5_0, QuantType.Q5_1];
+  for (const type of types) {
     const bytes = quantize(type, x);
     assert.equal(bytes.length, quantizedBytes(type, n));
     const y = dequantize(type, bytes, n, new Float64Array(n));
@@ -133,12 +169,15 @@ Deno.test("ggml quants: round trips stay within each format's step", () => {
     const view = new DataView(bytes.buffer);
     for (let b = 0; b < n / 32; b++) {
       const d = Math.abs(f16BitsToF32(view.getUint16(b * blockBytes, true)));
-      const m = type === QuantType.Q4_1 ? Math.abs(f16BitsToF32(view.getUint16(b * blockBytes + 2, true))) : 0;
-      const maxCode = type === QuantType.Q8_0 ? 127 : type === QuantType.Q4_0 ? 8 : 15;
+      const hasMin = type === QuantType.Q4_1 || type === QuantType.Q5_1;
+      const m = hasMin ? Math.abs(f16BitsToF32(view.getUint16(b * blockBytes + 2, true))) : 0;
+      const maxCodes: Record<number, number> = { [QuantType.Q8_0]: 127, [QuantType.Q4_0]: 8, [QuantType.Q5_0]: 16 };
+      const maxCode = maxCodes[type] ?? (type === QuantType.Q5_1 ? 31 : 15);
       const f16Slack = (maxCode * d + m) * 2 ** -10;
       for (let j = 0; j < 32; j++) {
         const i = b * 32 + j;
-        const step = type === QuantType.Q4_0 && Math.abs(x[i]) > 7.5 * d ? d : d / 2;
+        const clamped = (type === QuantType.Q4_0 || type === QuantType.Q5_0) && Math.abs(x[i]) > (maxCode - 0.5) * d;
+        const step = clamped ? d : d / 2;
         const err = Math.abs(y[i] - x[i]);
         assert.ok(err <= step + f16Slack, `type ${type} element ${i}: |${y[i]} - ${x[i]}| = ${err} > ${step}`);
       }
@@ -147,7 +186,7 @@ Deno.test("ggml quants: round trips stay within each format's step", () => {
 });
 
 Deno.test("ggml quants: a zero block has d = 0 and dequantizes to zeros", () => {
-  for (const type of [QuantType.Q8_0, QuantType.Q4_0, QuantType.Q4_1]) {
+  for (const type of [QuantType.Q8_0, QuantType.Q4_0, QuantType.Q4_1, QuantType.Q5_0, QuantType.Q5_1]) {
     const y = dequantize(type, quantize(type, new Float32Array(32)), 32);
     assert.ok(y.every((v) => v === 0), `type ${type}: ${y}`); // Q4_0 gives d = 0 / -8 = -0: values are ±0
   }
@@ -157,8 +196,12 @@ Deno.test("ggml quants: bad sizes and types are named", () => {
   assert.throws(() => quantize(QuantType.Q4_0, new Float32Array(40)), (e: unknown) => {
     return e instanceof SparrowError && e.code === "invalid_argument" && /40 elements.*Q4_0/.test(e.message);
   });
-  assert.throws(() => quantizedBytes(6, 32), (e: unknown) => {
-    return e instanceof SparrowError && e.code === "unsupported" && /Q5_0/.test(e.message);
+  assert.throws(() => quantizedBytes(10, 256), (e: unknown) => {
+    return e instanceof SparrowError && e.code === "unsupported" && /Q2_K/.test(e.message);
+  });
+  assert.throws(() => quantize(QuantType.Q4_K, new Float32Array(32)), (e: unknown) => {
+    return e instanceof SparrowError && e.code === "invalid_argument" &&
+      /32 elements.*Q4_K blocks of 256/.test(e.message);
   });
   assert.throws(() => dequantize(QuantType.Q8_0, new Uint8Array(33), 32), (e: unknown) => {
     return e instanceof SparrowError && /33 bytes/.test(e.message);

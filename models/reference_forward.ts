@@ -4,8 +4,9 @@
  * It reads the same metadata through models/llama.ts, dequantizes every weight exactly (into
  * float64) with models/ggml_quants.ts and computes every activation in float64 without quantizing
  * it, so the only differences from the engine are the engine's own roundings (f32 arithmetic, 8-bit
- * activation blocks for quantized weights); on request it applies the 8-bit rounding too. It is slow
- * and holds all weights as float64: small models only.
+ * activation blocks for quantized weights: 32 elements per block for the 32-element types, 256 for
+ * the K-quants); on request it applies the 8-bit rounding too. It is slow and holds all weights as
+ * float64: small models only.
  *
  * The code reads top to bottom like llama2.c's `forward()`; shapes are noted as (rows, columns) of
  * row-major float64 arrays.
@@ -15,31 +16,43 @@
 import { SparrowError } from "../core/errors.ts";
 import { type GgufTensorInfo, readGguf } from "../core/gguf.ts";
 import type { LlamaHparams } from "../core/model_desc.ts";
-import { dequantize, f16BitsToF32, f32ToF16Bits, qk, QuantType } from "./ggml_quants.ts";
+import { dequantize, f16BitsToF32, f32ToF16Bits, qk, qkK, QuantType } from "./ggml_quants.ts";
 import { llamaHparams, type LlamaOverrides, llamaTensors } from "./llama.ts";
 
 /** Options of {@link referenceForward}: the overrides `loadModel` accepts, plus engine emulation. */
 export interface ReferenceForwardOptions extends LlamaOverrides {
   /**
-   * Round the input of every Q8_0/Q4_0/Q4_1 matrix to 8-bit blocks as the engine does before its
-   * integer dot products (per 32 elements d = max|x|/127, q = round(x/d) half away from zero, x = q
-   * times d rounded to f16). Off by default: the plain oracle is the unquantized model; on, the
-   * engine should match to within float32 rounding, which exposes small bugs that the 8-bit error
-   * would hide.
+   * Round the input of every quantized matrix to 8-bit blocks as the engine does before its integer
+   * dot products: for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 per 32 elements d = max|x|/127, q = round(x/d) half
+   * away from zero, x = q times d rounded to f16 ("q8"); for Q4_K/Q5_K/Q6_K per 256 elements, with d
+   * kept in f32 ("q8k"). Off by default: the plain oracle is the unquantized model; on, the engine
+   * should match to within float32 rounding, which exposes small bugs that the 8-bit error would hide.
    */
   emulateActivationQuantization?: boolean;
 }
 
-/** A weight matrix (rows, cols) and whether its input is rounded to 8-bit blocks (when emulating). */
+/** How the engine rounds a matrix's input: not at all (float weights), q8 or q8k blocks. */
+type InputRounding = "none" | "q8" | "q8k";
+
+/** A weight matrix (rows, cols) and how its input is rounded (when emulating). */
 interface Matrix {
   w: Float64Array;
   rows: number;
   cols: number;
-  int8Input: boolean;
+  inputRounding: InputRounding;
 }
 
-/** Weight types whose matrices the engine multiplies with 8-bit activations. */
-const int8InputTypes: ReadonlySet<number> = new Set([QuantType.Q8_0, QuantType.Q4_0, QuantType.Q4_1]);
+/** The engine's activation format for each quantized weight type (zig/src/kernels/dot.zig). */
+const inputRoundingOf: ReadonlyMap<number, InputRounding> = new Map([
+  [QuantType.Q8_0, "q8"],
+  [QuantType.Q4_0, "q8"],
+  [QuantType.Q4_1, "q8"],
+  [QuantType.Q5_0, "q8"],
+  [QuantType.Q5_1, "q8"],
+  [QuantType.Q4_K, "q8k"],
+  [QuantType.Q5_K, "q8k"],
+  [QuantType.Q6_K, "q8k"],
+]);
 
 /** Every weight, dequantized to float64. */
 interface Weights {
@@ -72,19 +85,22 @@ function readBytes(file: Deno.FsFile, path: string, t: GgufTensorInfo): Uint8Arr
 }
 
 /**
- * The engine's 8-bit activation blocks, as values: x <- f16(d) * round(x / d) with d = max|x| / 127
- * per 32 elements. (Q4_1's offset term m * sum(x) uses the same rounded values, f16(d) * sum(q).)
+ * The engine's 8-bit activation blocks, as values: x <- d * round(x / d) with d = max|x| / 127 per
+ * block; "q8": blocks of 32, d rounded to f16 (the offset terms of Q4_0/Q5_0 and the mins of
+ * Q4_1/Q5_1 multiply the same rounded values, f16(d) * sum(q)); "q8k": blocks of 256, d in f32 (the
+ * K-quants' mins and Q6_K's -32 use the integer sums of the same q).
  */
-function roundToInt8Blocks(x: Float64Array): Float64Array {
+function roundToInt8Blocks(x: Float64Array, rounding: "q8" | "q8k"): Float64Array {
   const out = new Float64Array(x.length);
-  for (let b = 0; b < x.length; b += qk) {
+  const block = rounding === "q8" ? qk : qkK;
+  for (let b = 0; b < x.length; b += block) {
     let amax = 0;
-    for (let j = b; j < b + qk; j++) amax = Math.max(amax, Math.abs(x[j]));
+    for (let j = b; j < b + block; j++) amax = Math.max(amax, Math.abs(x[j]));
     // The engine works in f32: d and 1/d are f32, the product x * (1/d) is rounded to f32.
     const d = Math.fround(amax / 127);
     const id = d !== 0 ? Math.fround(1 / d) : 0;
-    const dStored = f16BitsToF32(f32ToF16Bits(d));
-    for (let j = b; j < b + qk; j++) {
+    const dStored = rounding === "q8" ? f16BitsToF32(f32ToF16Bits(d)) : d;
+    for (let j = b; j < b + block; j++) {
       const v = Math.fround(Math.fround(x[j]) * id);
       out[j] = (v < 0 ? -Math.round(-v) : Math.round(v)) * dStored; // halves away from zero, as Zig's @round
     }
@@ -95,7 +111,7 @@ function roundToInt8Blocks(x: Float64Array): Float64Array {
 /** y (rows) = W (rows, cols) · x (cols) */
 function matvec(y: Float64Array, m: Matrix, x: Float64Array): void {
   const { w, rows, cols } = m;
-  const input = m.int8Input ? roundToInt8Blocks(x) : x;
+  const input = m.inputRounding === "none" ? x : roundToInt8Blocks(x, m.inputRounding);
   for (let r = 0; r < rows; r++) {
     let sum = 0;
     const base = r * cols;
@@ -152,7 +168,8 @@ function silu(x: number): number {
  * Runs the Llama forward pass over `tokens` (positions 0, 1, ...) in float64 and returns the logits
  * of every position.
  *
- * @param path A Llama GGUF file (weights of type F32, F16, BF16, Q8_0, Q4_0 or Q4_1).
+ * @param path A Llama GGUF file (weights of type F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+ * Q5_K or Q6_K, in any mixture).
  * @param tokens Token ids, from position 0.
  * @param options Activation and RoPE layout overrides, as `loadModel` takes them; optionally round
  * activations to 8 bits as the engine does (see {@link ReferenceForwardOptions}).
@@ -194,7 +211,7 @@ export function referenceForward(
       w: read(t),
       rows: t.dims[1],
       cols: t.dims[0],
-      int8Input: emulate && int8InputTypes.has(t.type),
+      inputRounding: emulate ? inputRoundingOf.get(t.type) ?? "none" : "none",
     });
     const tokenEmbd = matrix(tensors.tokenEmbd);
     w = {

@@ -5,12 +5,15 @@
  * on it can be labelled as such.
  *
  * Weights are scaled so activations stay O(1) through every layer: matrices N(0, 1/fan_in), token
- * embeddings N(0, 1), norms N(1, 0.1²). Two ways to make them:
+ * embeddings N(0, 1), norms N(1, 0.1²). Two ways to make them (models/synth_weights.ts):
  * - "float": draw float32 Gaussians and convert or quantize them (models/ggml_quants.ts), so the
- *   quantized blocks are what a real quantizer makes of such weights. Small models.
- * - "direct": write the encoded elements straight from random bits (random 4/8-bit codes under block
+ *   quantized blocks are what a quantizer makes of such weights. Small models.
+ * - "direct": write the encoded elements straight from random bits (random codes under block
  *   scales drawn around the value that gives the right element spread; floats drawn from a
- *   per-tensor table of Gaussians), so a 7B Q4_0 model is written at disk speed.
+ *   per-tensor table of Gaussians), so a 7B model is written at disk speed.
+ *
+ * Weight types are one type for every matrix, or llama.cpp's Q4_K_M / Q5_K_M mixtures (see
+ * {@link synthTensorType}); `tensorTypes` overrides single tensors.
  *
  * @module
  */
@@ -18,9 +21,11 @@ import { fileURLToPath } from "node:url";
 import { SparrowError } from "../core/errors.ts";
 import { gv, type TensorToWrite, type TypedValue, writeGguf } from "../core/gguf_writer.ts";
 import type { Activation, RopeLayout } from "../core/model_desc.ts";
-import { f32ToBf16Bits, f32ToF16Bits, quantize, quantizedBytes, QuantType } from "./ggml_quants.ts";
+import { ggmlType } from "../core/gguf_types.ts";
+import { QuantType } from "./ggml_quants.ts";
 import { llama2cTokenizerMetadata, readLlama2cTokenizer } from "./llama2c_tokenizer.ts";
 import { generatedVocab } from "./synth_vocab.ts";
+import { directProducer, floatProducer, type TensorPlan } from "./synth_weights.ts";
 import { Rng } from "../core/rng.ts";
 
 export { generatedVocab };
@@ -67,7 +72,10 @@ export const synthPresets = {
 /** A preset name. */
 export type SynthPreset = keyof typeof synthPresets;
 
-/** Weight types a synthetic model's matrices can have (norms are always F32). */
+/**
+ * Weight types a synthetic model's matrices can have (norms are always F32), each with the type of
+ * most matrices: all of them, except in the mixtures "q4_k_m" and "q5_k_m" (see {@link synthTensorType}).
+ */
 export const synthWeightTypes = {
   f32: QuantType.F32,
   f16: QuantType.F16,
@@ -75,13 +83,82 @@ export const synthWeightTypes = {
   q8_0: QuantType.Q8_0,
   q4_0: QuantType.Q4_0,
   q4_1: QuantType.Q4_1,
+  q5_0: QuantType.Q5_0,
+  q5_1: QuantType.Q5_1,
+  q4_k: QuantType.Q4_K,
+  q5_k: QuantType.Q5_K,
+  q6_k: QuantType.Q6_K,
+  q4_k_m: QuantType.Q4_K,
+  q5_k_m: QuantType.Q5_K,
 } as const;
 
 /** A weight type name. */
 export type SynthWeightType = keyof typeof synthWeightTypes;
 
-/** llama.cpp's `general.file_type` for each weight type. */
-const fileTypes: Record<SynthWeightType, number> = { f32: 0, f16: 1, q4_0: 2, q4_1: 3, q8_0: 7, bf16: 32 };
+/** A single tensor type (a weight type that is not a mixture). */
+export type SynthTensorType = Exclude<SynthWeightType, "q4_k_m" | "q5_k_m">;
+
+/**
+ * llama.cpp's `general.file_type` (its `llama_ftype`) for each weight type. It has no "all Q4_K" or
+ * "all Q5_K" type: those are written as its nearest, Q4_K_S (14) and Q5_K_S (16).
+ */
+const fileTypes: Record<SynthWeightType, number> = {
+  f32: 0,
+  f16: 1,
+  q4_0: 2,
+  q4_1: 3,
+  q8_0: 7,
+  q5_0: 8,
+  q5_1: 9,
+  q4_k: 14,
+  q4_k_m: 15,
+  q5_k: 16,
+  q5_k_m: 17,
+  q6_k: 18,
+  bf16: 32,
+};
+
+/**
+ * llama.cpp's `use_more_bits`: the layers its _M mixtures give more bits, the first and last eighth
+ * and every third layer between (half of them for 32 layers: 0-3, 6, 9, ..., 27, 28-31).
+ */
+function usesMoreBits(layer: number, nLayers: number): boolean {
+  const eighth = Math.floor(nLayers / 8);
+  return layer < eighth || layer >= Math.floor((7 * nLayers) / 8) || (layer - eighth) % 3 === 2;
+}
+
+/**
+ * The type of matrix `tensorName` in a model of weight type `weightType`. The mixtures follow
+ * llama.cpp's `llama_tensor_get_type` for Q4_K_M / Q5_K_M on Llama models: Q4_K (Q5_K) everywhere
+ * except Q6_K for output.weight (or token_embd.weight when it doubles as the classifier), and for
+ * attn_v and ffn_down in the layers `use_more_bits` picks (see above). Left out: its exceptions for
+ * other architectures and for 70B GQA models, and its fallbacks for rows that are not
+ * whole 256-element blocks (here an error).
+ *
+ * @param weightType The model's weight type.
+ * @param tensorName A matrix name, e.g. "blk.3.attn_v.weight".
+ * @param nLayers The model's layer count.
+ * @param tied Whether token_embd.weight is also the classifier. Default false.
+ * @returns The GGML type id.
+ * @example
+ * ```ts
+ * import { synthTensorType } from "./synth.ts";
+ * synthTensorType("q4_k_m", "blk.0.ffn_down.weight", 32); // 14 (Q6_K)
+ * synthTensorType("q4_k_m", "blk.4.ffn_down.weight", 32); // 12 (Q4_K)
+ * ```
+ */
+export function synthTensorType(
+  weightType: SynthWeightType,
+  tensorName: string,
+  nLayers: number,
+  tied = false,
+): number {
+  const base = synthWeightTypes[weightType];
+  if (weightType !== "q4_k_m" && weightType !== "q5_k_m") return base;
+  if (tensorName === "output.weight" || (tied && tensorName === "token_embd.weight")) return QuantType.Q6_K;
+  const m = /^blk\.(\d+)\.(attn_v|ffn_down)\.weight$/.exec(tensorName);
+  return m && usesMoreBits(Number(m[1]), nLayers) ? QuantType.Q6_K : base;
+}
 
 /** Options of {@link synthesizeModel}. */
 export interface SynthOptions {
@@ -109,6 +186,11 @@ export interface SynthOptions {
   generation?: "auto" | "float" | "direct";
   /** `general.name`; default "synthetic <shape> <type> (seed <n>)". */
   name?: string;
+  /**
+   * Per-tensor types over the weight type's: keys are matrix names without ".weight", for every
+   * layer ("attn_v", "output", "token_embd") or one ("blk.3.attn_v", which wins over "attn_v").
+   */
+  tensorTypes?: Readonly<Record<string, SynthTensorType>>;
 }
 
 /** What {@link synthesizeModel} wrote. */
@@ -182,16 +264,6 @@ function resolveShape(shape: SynthPreset | SynthShape): { label: string; shape: 
   return { label, shape: { ...s, headDim, ropeDim } };
 }
 
-/** One tensor to make: its GGUF dims ([columns, rows]) and the spread of its elements. */
-interface TensorPlan {
-  name: string;
-  cols: number;
-  rows: number;
-  /** Norm vectors: F32, N(1, 0.1²). Matrices: N(0, sigma²) in the weight type. */
-  norm: boolean;
-  sigma: number;
-}
-
 function planTensors(s: Required<SynthShape>, tied: boolean): TensorPlan[] {
   const qDim = s.nHeads * s.headDim;
   const kvDim = s.nKvHeads * s.headDim;
@@ -223,118 +295,6 @@ function planTensors(s: Required<SynthShape>, tied: boolean): TensorPlan[] {
   return plan;
 }
 
-/** Bytes per emitted chunk: large enough that write calls are few, small enough to stay in cache-ish memory. */
-const chunkBytesTarget = 4 << 20;
-
-/** Float path: Gaussian float32 rows, converted or quantized by ggml_quants. */
-function floatProducer(t: TensorPlan, type: number, rng: Rng): TensorToWrite["data"] {
-  return (emit) => {
-    const rowBytes = quantizedBytes(type, t.cols);
-    const rowsPerChunk = Math.max(1, Math.floor(chunkBytesTarget / rowBytes));
-    const x = new Float32Array(rowsPerChunk * t.cols);
-    const out = new Uint8Array(rowsPerChunk * rowBytes);
-    for (let r = 0; r < t.rows; r += rowsPerChunk) {
-      const n = Math.min(rowsPerChunk, t.rows - r);
-      const xs = x.subarray(0, n * t.cols);
-      for (let i = 0; i < xs.length; i++) xs[i] = (t.norm ? 1 : 0) + t.sigma * rng.normal();
-      emit(quantize(type, xs, out.subarray(0, n * rowBytes)).subarray(0, n * rowBytes));
-    }
-  };
-}
-
-/** Spread of the codes direct generation draws: uniform 4-bit q - 8 and uniform int8 in ±127. */
-const nibbleStd = Math.sqrt((16 * 16 - 1) / 12);
-const int8Std = Math.sqrt((255 * 255 - 1) / 12);
-
-/**
- * Direct path: random codes under random block scales (quantized types) or table lookups of
- * Gaussians (float types), written into one reused buffer per chunk of rows.
- */
-function directProducer(t: TensorPlan, type: number, rng: Rng, scratch: { buf: ArrayBuffer }): TensorToWrite["data"] {
-  return (emit) => {
-    const rowBytes = quantizedBytes(type, t.cols);
-    const rowsPerChunk = Math.max(1, Math.floor(chunkBytesTarget / rowBytes));
-    const need = Math.ceil((rowsPerChunk * rowBytes) / 4) * 4;
-    if (scratch.buf.byteLength < need) scratch.buf = new ArrayBuffer(need);
-    const words = new Uint32Array(scratch.buf, 0, need / 4);
-    const bytes = new Uint8Array(scratch.buf, 0, need);
-    // Per-tensor tables: 256 block scales (±25% around the scale that gives element spread sigma)
-    // indexed by a random byte, and 4096 Gaussians for the float types.
-    const scaleFor = type === QuantType.Q8_0 ? t.sigma / int8Std : t.sigma / nibbleStd;
-    const dBits = new Uint16Array(256);
-    const mBits = new Uint16Array(256);
-    for (let k = 0; k < 256; k++) {
-      const d = scaleFor * (0.75 + 0.5 * rng.uniform());
-      // Q4_0's d = max / -8 takes the sign opposite to the block's largest element: half are negative,
-      // which also cancels the -d/2 mean of the codes.
-      dBits[k] = f32ToF16Bits(type === QuantType.Q4_0 && k % 2 === 1 ? -d : d);
-      mBits[k] = f32ToF16Bits(-d * (7 + rng.uniform())); // Q4_1: centres q * d + m near zero
-    }
-    const gauss = new Float32Array(4096);
-    for (let k = 0; k < gauss.length; k++) gauss[k] = t.sigma * rng.normal();
-    const gauss32 = new Uint32Array(gauss.buffer);
-    const gauss16 = Uint16Array.from(gauss, type === QuantType.BF16 ? f32ToBf16Bits : f32ToF16Bits);
-    for (let r = 0; r < t.rows; r += rowsPerChunk) {
-      const n = Math.min(rowsPerChunk, t.rows - r);
-      const len = n * rowBytes;
-      const nWords = Math.ceil(len / 4);
-      switch (type) {
-        case QuantType.F32: {
-          // One random word picks two elements: fill the first half, then expand backwards in place
-          // (element pair i lands at words 2i, 2i+1, never on a word not yet read).
-          const half = Math.ceil(nWords / 2);
-          rng.fill(words.subarray(0, half));
-          for (let i = half - 1; i >= 0; i--) {
-            const w = words[i];
-            if (2 * i + 1 < nWords) words[2 * i + 1] = gauss32[(w >>> 16) & 4095];
-            words[2 * i] = gauss32[w & 4095];
-          }
-          break;
-        }
-        case QuantType.F16:
-        case QuantType.BF16:
-          rng.fill(words.subarray(0, nWords));
-          for (let i = 0; i < nWords; i++) {
-            const w = words[i];
-            words[i] = gauss16[w & 4095] | (gauss16[(w >>> 16) & 4095] << 16);
-          }
-          break;
-        case QuantType.Q4_0:
-          rng.fill(words.subarray(0, nWords));
-          for (let at = 0; at < len; at += 18) {
-            const k = bytes[at];
-            bytes[at] = dBits[k] & 255, bytes[at + 1] = dBits[k] >>> 8;
-          }
-          break;
-        case QuantType.Q4_1:
-          rng.fill(words.subarray(0, nWords));
-          for (let at = 0; at < len; at += 20) {
-            const k = bytes[at];
-            bytes[at] = dBits[k] & 255, bytes[at + 1] = dBits[k] >>> 8;
-            bytes[at + 2] = mBits[k] & 255, bytes[at + 3] = mBits[k] >>> 8;
-          }
-          break;
-        case QuantType.Q8_0:
-          rng.fill(words.subarray(0, nWords));
-          // ggml's quantizer never writes -128 (and SIMD kernels that take |q| with sign tricks would
-          // overflow on it): turn every 0x80 byte into 0x81 (-127), four bytes at a time. A byte is 0x80
-          // when its top bit is set and its low seven bits are zero.
-          for (let i = 0; i < nWords; i++) {
-            const w = words[i];
-            const lowZero = (((w & 0x7f7f7f7f) + 0x7f7f7f7f) & 0x80808080) ^ 0x80808080;
-            words[i] = w | ((lowZero & w) >>> 7);
-          }
-          for (let at = 0; at < len; at += 34) {
-            const k = bytes[at];
-            bytes[at] = dBits[k] & 255, bytes[at + 1] = dBits[k] >>> 8;
-          }
-          break;
-      }
-      emit(bytes.subarray(0, len));
-    }
-  };
-}
-
 function vocabMetadata(options: SynthOptions, vocabSize: number): [string, TypedValue][] {
   const vocab = options.vocab ?? "generated";
   if (vocab !== "generated" && vocab !== "llama2") {
@@ -362,6 +322,51 @@ function vocabMetadata(options: SynthOptions, vocabSize: number): [string, Typed
     ["tokenizer.ggml.add_eos_token", gv.bool(false)],
     ["tokenizer.ggml.add_space_prefix", gv.bool(true)],
   ];
+}
+
+/**
+ * The type of every tensor: F32 for norms, else the weight type's (synthTensorType), overridden by
+ * `overrides`; checks every matrix's rows are whole blocks of its type.
+ */
+function tensorTypesOf(
+  plan: readonly TensorPlan[],
+  weightType: SynthWeightType,
+  nLayers: number,
+  tied: boolean,
+  overrides: Readonly<Record<string, SynthTensorType>>,
+): Map<string, number> {
+  const used = new Set<string>();
+  const types = new Map<string, number>();
+  for (const t of plan) {
+    if (t.norm) {
+      types.set(t.name, QuantType.F32);
+      continue;
+    }
+    const full = t.name.replace(/\.weight$/, "");
+    const key = full in overrides ? full : full.replace(/^blk\.\d+\./, "");
+    let type = synthTensorType(weightType, t.name, nLayers, tied);
+    if (key in overrides) {
+      const o = overrides[key];
+      if (!(o in synthWeightTypes) || o.endsWith("_m")) {
+        throw new SparrowError("invalid_argument", `tensorTypes['${key}'] = '${o}' is not a single tensor type`);
+      }
+      type = synthWeightTypes[o];
+      used.add(key);
+    }
+    const info = ggmlType(type)!;
+    if (t.cols % info.blockElems !== 0) {
+      throw new SparrowError(
+        "invalid_argument",
+        `tensor '${t.name}' has rows of ${t.cols}, not a whole number of ${info.blockElems}-element ${info.name} blocks`,
+      );
+    }
+    types.set(t.name, type);
+  }
+  const unused = Object.keys(overrides).filter((k) => !used.has(k));
+  if (unused.length > 0) {
+    throw new SparrowError("invalid_argument", `tensorTypes names no tensor of this model: ${unused.join(", ")}`);
+  }
+  return types;
 }
 
 /** Matrix elements up to which "auto" generation draws floats and quantizes them (about a second). */
@@ -393,7 +398,6 @@ export function synthesizeModel(path: string, options: SynthOptions = {}, onProg
       `weight type '${weightType}' is not one of ${Object.keys(synthWeightTypes).join(", ")}`,
     );
   }
-  const type = synthWeightTypes[weightType];
   const seed = options.seed ?? 1;
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
     throw new SparrowError("invalid_argument", `seed ${seed} is not a 32-bit unsigned integer`);
@@ -404,14 +408,7 @@ export function synthesizeModel(path: string, options: SynthOptions = {}, onProg
   if (!(rmsEps > 0 && rmsEps < 1)) throw new SparrowError("invalid_argument", `rmsEps ${rmsEps} must be in (0, 1)`);
   const tied = options.tiedEmbeddings ?? false;
   const plan = planTensors(shape, tied);
-  for (const t of plan) {
-    if (!t.norm && t.cols % 32 !== 0 && type !== QuantType.F32 && type !== QuantType.F16 && type !== QuantType.BF16) {
-      throw new SparrowError(
-        "invalid_argument",
-        `tensor '${t.name}' has rows of ${t.cols}, not a whole number of 32-element ${weightType} blocks`,
-      );
-    }
-  }
+  const types = tensorTypesOf(plan, weightType, shape.nLayers, tied, options.tensorTypes ?? {});
   const elements = plan.reduce((a, t) => a + (t.norm ? 0 : t.cols * t.rows), 0);
   const generation = options.generation === "float" || options.generation === "direct"
     ? options.generation
@@ -446,7 +443,7 @@ export function synthesizeModel(path: string, options: SynthOptions = {}, onProg
   const scratch = { buf: new ArrayBuffer(0) };
   const tensors: TensorToWrite[] = plan.map((t) => {
     const rng = new Rng(seed, streamOf(t.name));
-    const tType = t.norm ? QuantType.F32 : type;
+    const tType = types.get(t.name)!;
     return {
       name: t.name,
       dims: t.norm ? [t.cols] : [t.cols, t.rows],

@@ -7,7 +7,9 @@
 #
 # Only the npm registry and PyPI are needed: both are reachable from the build machines, GitHub
 # and JSR are not.
-set -euo pipefail
+#
+# When sourced (scripts/env.sh, ./sparrow), it must not change the caller's shell options, so the
+# strict mode is set only for the installing steps, which run in a subshell.
 
 SPARROW_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DENO_VERSION=2.5.6
@@ -17,9 +19,11 @@ TOOLS="$SPARROW_ROOT/.tools"
 case "$(uname -m)" in
   x86_64) deno_pkg=linux-x64-glibc ;;
   aarch64 | arm64) deno_pkg=linux-arm64-glibc ;;
-  *) echo "bootstrap: unsupported machine $(uname -m)" >&2; exit 1 ;;
+  *) echo "bootstrap: unsupported machine $(uname -m)" >&2; return 1 2>/dev/null || exit 1 ;;
 esac
 
+sparrow_install_tools() (
+set -euo pipefail
 DENO_DIR_PINNED="$TOOLS/deno-$DENO_VERSION"
 SPARROW_DENO="$DENO_DIR_PINNED/node_modules/@deno/$deno_pkg/deno"
 if [ ! -x "$SPARROW_DENO" ]; then
@@ -40,6 +44,12 @@ if [ ! -x "$SPARROW_ZIG" ]; then
     --target "$ZIG_DIR_PINNED" "ziglang==$ZIG_VERSION" >&2
   [ -x "$SPARROW_ZIG" ] || { echo "bootstrap: Zig binary missing at $SPARROW_ZIG after install" >&2; exit 1; }
 fi
+
+)
+sparrow_install_tools || { echo "bootstrap: installing the toolchain failed" >&2; return 1 2>/dev/null || exit 1; }
+SPARROW_DENO="$TOOLS/deno-$DENO_VERSION/node_modules/@deno/$deno_pkg/deno"
+SPARROW_ZIG="$TOOLS/zig-$ZIG_VERSION/ziglang/zig"
+unset -f sparrow_install_tools
 
 # Deno trusts the system certificate store too: build machines reach npm through a TLS proxy whose
 # CA is installed system-wide. Deno's cache (npm type packages for node: imports) stays in the repo.
