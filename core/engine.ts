@@ -79,6 +79,11 @@ export class NativeModel {
     return this.#ptr === null;
   }
 
+  /** Sessions open on this model. */
+  get openSessions(): number {
+    return this.#openSessions;
+  }
+
   /** @internal Sessions count themselves in and out so close() can refuse while they are open. */
   track(delta: 1 | -1): void {
     this.#openSessions += delta;
@@ -209,6 +214,26 @@ export class NativeSession {
    */
   logits(row = 0): Float32Array {
     return this.#logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize);
+  }
+
+  /**
+   * Attaches sparse FFNs with their settings (null detaches).
+   *
+   * @throws {SparrowError} `busy` while evaluating; `unsupported` when the backend cannot.
+   */
+  setSparse(sparse: Deno.PointerObject | null, config: Uint8Array<ArrayBuffer>): void {
+    if (this.#ptr === null) throw new SparrowError("closed", "session is closed");
+    if (this.#busy) throw new SparrowError("busy", "cannot change sparse settings while evaluating");
+    const ptr = this.#ptr;
+    unwrap(core().sp_session_set_sparse(ptr, sparse, config), () => lastError(null, ptr));
+  }
+
+  /** The sparse counters (layers x fields, as u64), optionally zeroing them. */
+  sparseCounters(nLayers: number, fields: number, reset: boolean): BigUint64Array {
+    if (this.#ptr === null) throw new SparrowError("closed", "session is closed");
+    const out = new BigUint64Array(nLayers * fields);
+    core().sp_session_sparse_stats(this.#ptr, new Uint8Array(out.buffer), BigInt(out.length), reset);
+    return out;
   }
 
   /** True while an eval runs. */

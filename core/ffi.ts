@@ -54,6 +54,19 @@ const symbols = {
   sp_eval: { parameters: ["pointer", "u32", "u32"], result: "i32", nonblocking: true },
   /** The same function, called on the JS thread: ~40 µs less per call, but blocks the event loop. */
   sp_eval_sync: { name: "sp_eval", parameters: ["pointer", "u32", "u32"], result: "i32" },
+  /** void sp_sparse_layout(u64 out[5]) */
+  sp_sparse_layout: { parameters: ["buffer"], result: "void" },
+  /** i32 sp_sparse_create(Model*, const u8* sidecar, u64 len, const u8* desc, u64 len, const u32* perms, u64 n, u32 threads, Sparse** out) */
+  sp_sparse_create: {
+    parameters: ["pointer", "buffer", "u64", "buffer", "u64", "buffer", "u64", "u32", "buffer"],
+    result: "i32",
+  },
+  /** i32 sp_sparse_destroy(Sparse*) */
+  sp_sparse_destroy: { parameters: ["pointer"], result: "i32" },
+  /** i32 sp_session_set_sparse(Session*, Sparse* or null, const SparseConfig*) */
+  sp_session_set_sparse: { parameters: ["pointer", "pointer", "buffer"], result: "i32" },
+  /** u64 sp_session_sparse_stats(Session*, u64* out, u64 cap, bool reset) */
+  sp_session_sparse_stats: { parameters: ["pointer", "buffer", "u64", "bool"], result: "u64" },
   /** Bench* sp_bench_create(u32 kind, u32 dtype, u64 rows, u64 cols, u32 tokens, u32 threads): kernel benchmarks */
   sp_bench_create: { parameters: ["u32", "u32", "u64", "u64", "u32", "u32"], result: "pointer" },
   /** u64 sp_bench_run(Bench* bench): ns for one operation */

@@ -59,6 +59,8 @@ export interface GgufFile {
   readonly path: string;
   /** GGUF version (2 or 3). */
   readonly version: number;
+  /** "GGUF", or "PWRI" for a PowerInfer predictor file (same format otherwise). */
+  readonly magic: "GGUF" | "PWRI";
   /** Size of the whole file in bytes. */
   readonly fileSize: number;
   /** `general.alignment`, or 32 when absent. */
@@ -289,9 +291,11 @@ function parse(r: HeaderReader): GgufFile {
   const magic = r.fileSize >= 4
     ? r.bytes(4, "magic")
     : r.fail(`file is ${r.fileSize} bytes, too short for a GGUF header`);
-  if (magic[0] !== 0x47 || magic[1] !== 0x47 || magic[2] !== 0x55 || magic[3] !== 0x46) {
+  const magicText = String.fromCharCode(...magic);
+  // PowerInfer writes its predictor files as GGUF with the magic "PWRI" instead of "GGUF".
+  if (magicText !== "GGUF" && magicText !== "PWRI") {
     const shown = Array.from(magic, (b) => b.toString(16).padStart(2, "0")).join(" ");
-    r.fail(`not a GGUF file: magic is [${shown}], expected "GGUF"`);
+    r.fail(`not a GGUF file: magic is [${shown}], expected "GGUF" (or PowerInfer's "PWRI")`);
   }
   const version = r.u32("version");
   if (version !== 2 && version !== 3) {
@@ -386,5 +390,14 @@ function parse(r: HeaderReader): GgufFile {
     }
     tensors.set(t.name, { name: t.name, dims: t.dims, type: t.type, typeInfo: info, offset, nBytes, nElements });
   }
-  return { path: r.path, version, fileSize: r.fileSize, alignment, metadata, tensors, dataOffset };
+  return {
+    path: r.path,
+    version,
+    magic: magicText as "GGUF" | "PWRI",
+    fileSize: r.fileSize,
+    alignment,
+    metadata,
+    tensors,
+    dataOffset,
+  };
 }

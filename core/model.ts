@@ -22,6 +22,9 @@ import {
 import { llamaHparams, llamaTensors } from "../models/llama.ts";
 import { type GenerateOptions, type GenerationEvent, Session } from "./session.ts";
 import { type Tokenizer, tokenizerFromGguf } from "./tokenizer.ts";
+import { encodeSparseConfig, SparseFfn, type SparseOptions } from "./sparse.ts";
+import { readSidecar } from "./sidecar.ts";
+import { modelFingerprint } from "./model_fingerprint.ts";
 
 /** Options of {@link loadModel}; session defaults can be overridden per session. */
 export interface LoadModelOptions {
@@ -61,6 +64,8 @@ export interface SessionOptions {
   batchSize?: number;
   /** Keep logits of every token in a batch (for evaluation); default false. */
   allLogits?: boolean;
+  /** Compute FFNs sparsely (see {@link SparseOptions}); default dense. */
+  sparse?: SparseOptions;
 }
 
 /** What a loaded model is. */
@@ -156,6 +161,9 @@ export class Model {
   /** The defaults sessions of this model are created with. */
   readonly defaults: Readonly<ModelDefaults>;
   readonly #native: NativeModel;
+  /** Sparse FFN stores by sidecar and target, shared by sessions and freed on close. */
+  readonly #sparse = new Map<string, SparseFfn>();
+  #fingerprint: Promise<string> | undefined;
 
   /** @internal Use {@link loadModel}. */
   constructor(gguf: GgufFile, info: ModelInfo, tokenizer: Tokenizer, native: NativeModel, defaults: ModelDefaults) {
@@ -181,7 +189,69 @@ export class Model {
       allLogits: options.allLogits ?? false,
     };
     const native = new NativeSession(this.#native, loadBackend(d.backend), settings);
-    return new Session(native, this.tokenizer);
+    try {
+      if (options.sparse && options.sparse.mode !== "dense") {
+        if (options.sparse.mode === "predictor" && !options.sparse.sidecar) {
+          throw new SparrowError(
+            "invalid_argument",
+            "sparse mode 'predictor' needs a sidecar (sparrow calibrate) or a PowerInfer predictor file",
+          );
+        }
+        const store = this.#sparseStore(options.sparse);
+        native.setSparse(store.pointer, encodeSparseConfig(options.sparse));
+      }
+    } catch (e) {
+      native.close();
+      throw e;
+    }
+    const shape = { nLayers: this.info.hparams.nLayers, ffnDim: this.info.hparams.ffnDim };
+    return new Session(native, this.tokenizer, shape);
+  }
+
+  /**
+   * The model's fingerprint (core/model_fingerprint.ts), computed once: what calibration sidecars
+   * record to be refused for other models.
+   */
+  fingerprint(): Promise<string> {
+    this.#fingerprint ??= modelFingerprint(this.info.path);
+    return this.#fingerprint;
+  }
+
+  /**
+   * Prepares sparse FFNs for `options` ahead of {@link createSession} (which would otherwise do it,
+   * synchronously, on first use): reads and checks the sidecar against this model's fingerprint and
+   * builds the neuron store.
+   *
+   * @param options Sparse settings; only `sidecar` and `sparsity` matter here.
+   * @throws {SparrowError} `bad_model` for a sidecar made for another model or a corrupt one.
+   */
+  async prepareSparse(options: Pick<SparseOptions, "sidecar" | "sparsity">): Promise<void> {
+    const fingerprint = options.sidecar ? await this.fingerprint() : "";
+    this.#sparseStore(options, fingerprint);
+  }
+
+  #sparseStore(options: Pick<SparseOptions, "sidecar" | "sparsity">, fingerprint?: string): SparseFfn {
+    const key = `${options.sidecar ?? ""}|${options.sparsity ?? ""}`;
+    const cached = this.#sparse.get(key);
+    if (cached) return cached;
+    if (options.sidecar && fingerprint === undefined) {
+      throw new SparrowError(
+        "invalid_argument",
+        "call `await model.prepareSparse({ sidecar })` before creating a session with a sidecar",
+      );
+    }
+    const sidecar = options.sidecar ? readSidecar(options.sidecar, this.info.hparams, fingerprint!) : undefined;
+    const downType = this.gguf.tensors.get("blk.0.ffn_down.weight")!.type;
+    const store = SparseFfn.create(
+      this.#native,
+      this.info.hparams,
+      downType,
+      sidecar,
+      options.sparsity,
+      this.defaults.threads,
+    );
+    this.#sparse.set(key, store);
+    return store;
   }
 
   /**
@@ -223,6 +293,18 @@ export class Model {
    * @throws {SparrowError} `busy` while sessions on it are open.
    */
   close(): void {
+    if (this.#native.closed) return;
+    if (this.#native.openSessions > 0) {
+      throw new SparrowError(
+        "busy",
+        `model ${this.info.path} has ${this.#native.openSessions} open session(s); close them first`,
+      );
+    }
+    // Sparse stores count as users of the model: they go first.
+    for (const [key, store] of this.#sparse) {
+      store.destroy();
+      this.#sparse.delete(key);
+    }
     this.#native.close();
   }
 

@@ -71,7 +71,8 @@ export interface LlamaTensors {
 
 const encoder = new TextEncoder();
 
-function writeTensor(view: DataView, at: number, t: GgufTensorInfo | undefined): void {
+/** Writes one TensorDesc (see zig/src/engine/model_desc.zig) at `at`; nothing for an absent tensor. */
+export function writeTensor(view: DataView, at: number, t: GgufTensorInfo | undefined): void {
   if (!t) return; // zeroed: n_dims = 0 marks an absent tensor
   const name = encoder.encode(t.name).subarray(0, 63);
   new Uint8Array(view.buffer, at, 64).set(name);

@@ -13,6 +13,7 @@ import type { NativeSession } from "./engine.ts";
 import { Sampler, type SamplerOptions } from "./sampler.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { TextStream } from "./text_stream.ts";
+import { type SparseStats, sparseStatsFields, summarizeSparseStats } from "./sparse.ts";
 
 /** Options of one generation. Sampling options are those of {@link SamplerOptions}. */
 export interface GenerateOptions extends SamplerOptions {
@@ -134,10 +135,31 @@ export class Session {
   #cached: number[] = [];
   #generating = false;
 
+  readonly #shape: { nLayers: number; ffnDim: number };
+  readonly #onClose: () => void;
+
   /** @internal Use `Model.createSession()`. */
-  constructor(native: NativeSession, tokenizer: Tokenizer) {
+  constructor(
+    native: NativeSession,
+    tokenizer: Tokenizer,
+    shape: { nLayers: number; ffnDim: number },
+    onClose = () => {},
+  ) {
     this.#native = native;
     this.#tokenizer = tokenizer;
+    this.#shape = shape;
+    this.#onClose = onClose;
+  }
+
+  /**
+   * Sparse FFN statistics since the session started (or the last reset): measured sparsity,
+   * predictor recall on verified tokens, bytes read per token, per layer.
+   *
+   * @param reset Zero the counters after reading them.
+   */
+  sparseStats(reset = false): SparseStats {
+    const flat = this.#native.sparseCounters(this.#shape.nLayers, sparseStatsFields, reset);
+    return summarizeSparseStats(flat, this.#shape.nLayers, this.#shape.ffnDim);
   }
 
   /** Positions the session's KV cache holds. */
@@ -354,7 +376,9 @@ export class Session {
    */
   close(): void {
     if (this.#generating) throw new SparrowError("busy", "cannot close a session while it is generating");
+    if (this.#native.closed) return;
     this.#native.close();
+    this.#onClose();
   }
 
   /** Same as {@link close}. */

@@ -12,6 +12,9 @@ const Model = model_mod.Model;
 const session_mod = @import("engine/session.zig");
 const Session = session_mod.Session;
 const forward = @import("engine/forward.zig");
+const sparse_desc = @import("sparse/sparse_desc.zig");
+const sparse_ffn = @import("sparse/sparse_ffn.zig");
+const SparseModel = @import("sparse/sparse_model.zig").SparseModel;
 const kernel_bench = @import("bench/kernel_bench.zig");
 
 const Status = status.Status;
@@ -106,6 +109,49 @@ export fn sp_eval(session: *Session, n_tokens: u32, pos0: u32) i32 {
     defer session.busy.store(false, .release);
     session.sink.clear();
     return forward.eval(session, n_tokens, pos0).code();
+}
+
+/// Writes [sparse desc version, @sizeOf(SparseDesc), @sizeOf(LayerSparseDesc), @sizeOf(SparseConfig),
+/// counters per layer in sp_session_sparse_stats] for TypeScript to cross-check.
+export fn sp_sparse_layout(out: *[5]u64) void {
+    out.* = .{ sparse_desc.sparse_desc_version, @sizeOf(sparse_desc.SparseDesc), @sizeOf(sparse_desc.LayerSparseDesc), @sizeOf(sparse_ffn.SparseConfig), sparse_ffn.stats_fields };
+}
+
+/// Builds sparse FFNs for `model`: the hot-first neuron order (`perms`: n_layers * ffn u32, or 0 of
+/// them for the model's order), the transposed down projections, and the predictors described in
+/// `desc` (tensors in the file at `sidecar_path`, which may be empty when no layer has one). Uses
+/// `threads` threads while building. Counts as a user of the model until destroyed.
+export fn sp_sparse_create(model: *Model, sidecar_path: [*]const u8, sidecar_len: u64, desc_ptr: [*]const u8, desc_len: u64, perms: [*]const u32, perms_len: u64, threads: u32, out: *?*SparseModel) i32 {
+    out.* = null;
+    if (threads == 0 or threads > 256) return global_sink.fail(.invalid_argument, "thread count {d} is outside [1, 256]", .{threads}).code();
+    var status_out: Status = .internal;
+    out.* = SparseModel.create(allocator, model, sidecar_path[0..sidecar_len], desc_ptr[0..desc_len], perms[0..perms_len], threads, &global_sink, &status_out) catch return status_out.code();
+    return Status.ok.code();
+}
+
+/// Refused (busy) while sessions use it.
+export fn sp_sparse_destroy(sparse: *SparseModel) i32 {
+    const users = sparse.users.load(.acquire);
+    if (users != 0) return sparse.sink.fail(.busy, "sparse FFNs are used by {d} session(s); detach them first", .{users}).code();
+    sparse.destroy();
+    return Status.ok.code();
+}
+
+/// Attaches sparse FFNs (null detaches) with `cfg` to a session. Refused while it evaluates.
+export fn sp_session_set_sparse(session: *Session, sparse: ?*SparseModel, cfg: *const sparse_ffn.SparseConfig) i32 {
+    if (session.busy.load(.acquire)) return session.sink.fail(.busy, "session is evaluating", .{}).code();
+    return session.attachSparse(sparse, cfg.*, &session.sink).code();
+}
+
+/// Copies the session's sparse counters (layers x fields u64, see sparse_ffn.LayerStats) into
+/// `out` (at most `cap` values) and returns how many there are; `reset` zeroes them after.
+export fn sp_session_sparse_stats(session: *Session, out: [*]u64, cap: u64, reset: bool) u64 {
+    const sc = session.sparse_scratch orelse return 0;
+    const flat: []const u64 = std.mem.bytesAsSlice(u64, std.mem.sliceAsBytes(sc.stats));
+    const n = @min(flat.len, cap);
+    @memcpy(out[0..n], flat[0..n]);
+    if (reset) @memset(sc.stats, .{});
+    return flat.len;
 }
 
 /// Benchmark: creates a kernel benchmark (kind 0 memory read of rows*cols bytes, 1 matrix-vector, 2

@@ -13,6 +13,14 @@ const DType = kernels.DType;
 const quant = kernels.quant;
 const ops = kernels.ops;
 const Status = @import("../status.zig").Status;
+const sparse_ffn = @import("../sparse/sparse_ffn.zig");
+
+/// The dense matrix-vector product, as the sparse path calls it (predictor, whole gate).
+const DenseOps = struct {
+    pub fn matvec(s: *Session, w: *const WeightView, x: []const f32, y: []f32) void {
+        matmulFused(s, 1, x, w.n_cols, &.{.{ .w = w, .y = y, .y_stride = w.n_rows }});
+    }
+};
 
 /// Evaluates `n_tokens` tokens (already in `s.tokens`) at positions pos0.. and leaves logits for the
 /// last one (or for all, with the all-logits flag) in `s.logits`.
@@ -65,13 +73,22 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
 
         // ---- feed-forward ----
         for (0..T) |t| ops.rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], layer.ffn_norm, hp.rms_eps);
-        matmulFused(s, T, s.xb, dim, &.{
-            .{ .w = &layer.ffn_gate, .y = s.hb, .y_stride = ffn },
-            .{ .w = &layer.ffn_up, .y = s.hb2, .y_stride = ffn },
-        });
-        for (0..T) |t| ops.ffnActivation(hp.activation, s.hb[t * ffn ..][0..ffn], s.hb2[t * ffn ..][0..ffn]);
-        // x += W_down · hidden
-        matmulFused(s, T, s.hb, ffn, &.{.{ .w = &layer.ffn_down, .y = s.xb, .y_stride = dim }});
+        if (sparseFor(s, T)) {
+            // One token at a time: each token has its own active neurons.
+            for (0..T) |t| {
+                const xt = s.xb[t * dim ..][0..dim];
+                sparse_ffn.sparseFfn(s, l, xt, xt, DenseOps);
+            }
+        } else {
+            matmulFused(s, T, s.xb, dim, &.{
+                .{ .w = &layer.ffn_gate, .y = s.hb, .y_stride = ffn },
+                .{ .w = &layer.ffn_up, .y = s.hb2, .y_stride = ffn },
+            });
+            for (0..T) |t| ops.ffnActivation(hp.activation, s.hb[t * ffn ..][0..ffn], s.hb2[t * ffn ..][0..ffn]);
+            // W_down · hidden
+            matmulFused(s, T, s.hb, ffn, &.{.{ .w = &layer.ffn_down, .y = s.xb, .y_stride = dim }});
+        }
+        // x += FFN output
         for (s.x[0 .. T * dim], s.xb[0 .. T * dim]) |*x, d| x.* += d;
     }
     s.kv_len = pos0 + T;
@@ -83,6 +100,13 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
     matmulFused(s, n_out, s.xb, dim, &.{.{ .w = &m.output, .y = s.logits, .y_stride = hp.vocab_size }});
     s.backend.sync();
     return .ok;
+}
+
+/// Whether this batch takes the sparse FFN path: sparse FFNs attached and not in dense mode, and the
+/// batch is one token (decode) or the session asked for sparse batches (evaluation).
+fn sparseFor(s: *Session, n_tokens: usize) bool {
+    if (s.sparse == null or s.sparse_config.mode == @intFromEnum(sparse_ffn.Mode.dense)) return false;
+    return n_tokens == 1 or s.sparse_config.flags & sparse_ffn.flag_sparse_batches != 0;
 }
 
 const Segment = struct {

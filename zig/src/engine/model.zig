@@ -220,12 +220,12 @@ fn checkHparams(md: *const desc.ModelDesc, sink: *ErrorSink) ModelError!Hparams 
 }
 
 /// Checks tensor descriptions against the mapped file; every failure names the tensor.
-const Validator = struct {
+pub const Validator = struct {
     file: []const u8,
     path: []const u8,
     sink: *ErrorSink,
 
-    fn matrix(self: *Validator, t: *const desc.TensorDesc, rows: usize, cols: usize) ModelError!WeightView {
+    pub fn matrix(self: *Validator, t: *const desc.TensorDesc, rows: usize, cols: usize) ModelError!WeightView {
         const name = t.nameSlice();
         if (t.n_dims != 2 or t.ne[0] != cols or t.ne[1] != rows) {
             _ = self.sink.fail(.bad_model, "tensor '{s}' in '{s}' has shape [{d}, {d}] ({d} dims), expected [{d}, {d}]", .{ name, self.path, t.ne[0], t.ne[1], t.n_dims, cols, rows });

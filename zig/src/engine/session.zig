@@ -8,6 +8,8 @@ const ThreadPool = @import("thread_pool.zig").ThreadPool;
 const api = @import("backend_api");
 const DType = @import("kernels").DType;
 const ErrorSink = @import("../status.zig").ErrorSink;
+const sparse_ffn = @import("../sparse/sparse_ffn.zig");
+const SparseModel = @import("../sparse/sparse_model.zig").SparseModel;
 const Status = @import("../status.zig").Status;
 
 /// Options as TypeScript passes them (core/ffi.ts `SessionOptions`).
@@ -39,6 +41,10 @@ pub const Session = struct {
     kv_len: usize = 0,
     /// Set while an eval call runs; close and a second eval are refused meanwhile.
     busy: std.atomic.Value(bool) = std.atomic.Value(bool).init(false),
+    /// Sparse FFNs, when attached (attachSparse); their scratch is allocated with them.
+    sparse: ?*SparseModel = null,
+    sparse_config: sparse_ffn.SparseConfig = .{ .mode = 0, .cluster_size = 16, .verify_every = 0, .flags = 0 },
+    sparse_scratch: ?sparse_ffn.Scratch = null,
     sink: ErrorSink = .{},
 
     // KV cache: (layer, n_ctx, kv_dim)
@@ -126,8 +132,40 @@ pub const Session = struct {
         return self;
     }
 
+    /// Attaches sparse FFNs (or detaches them, with null), allocating their scratch now so that
+    /// evaluating still allocates nothing. Refused while an eval runs (checked by the caller).
+    pub fn attachSparse(self: *Session, sm: ?*SparseModel, cfg: sparse_ffn.SparseConfig, sink: *ErrorSink) Status {
+        if (sm) |m| {
+            if (m.model != self.model) return sink.fail(.invalid_argument, "the sparse FFNs were built for another model", .{});
+            _ = std.meta.intToEnum(sparse_ffn.Mode, cfg.mode) catch return sink.fail(.invalid_argument, "unknown sparse mode {d}", .{cfg.mode});
+            if (cfg.cluster_size == 0 or cfg.cluster_size > self.model.hp.ffn_dim)
+                return sink.fail(.invalid_argument, "cluster size {d} is outside [1, {d}]", .{ cfg.cluster_size, self.model.hp.ffn_dim });
+            for (self.model.layers) |*l| {
+                const row_t: DType = @enumFromInt(l.ffn_gate.dtype);
+                if (!self.backend.supportsSparse(row_t, m.store.down_type))
+                    return sink.fail(.unsupported, "backend '{s}' cannot run sparse FFNs on {s} rows with a {s} down projection", .{ self.backend.name(), row_t.name(), m.store.down_type.name() });
+            }
+        }
+        self.detachSparse();
+        const m = sm orelse return .ok;
+        self.sparse_scratch = allocScratch(self, m.max_rank, cfg.cluster_size) catch
+            return sink.fail(.out_of_memory, "out of memory allocating sparse FFN scratch", .{});
+        self.sparse = m;
+        self.sparse_config = cfg;
+        _ = m.users.fetchAdd(1, .acq_rel);
+        return .ok;
+    }
+
+    fn detachSparse(self: *Session) void {
+        if (self.sparse_scratch) |sc| freeScratch(self.allocator, sc);
+        self.sparse_scratch = null;
+        if (self.sparse) |m| _ = m.users.fetchSub(1, .acq_rel);
+        self.sparse = null;
+    }
+
     pub fn destroy(self: *Session) void {
         std.debug.assert(!self.busy.load(.acquire));
+        self.detachSparse();
         self.pool.deinit();
         self.backend.deinit();
         const a = self.allocator;
@@ -166,6 +204,57 @@ fn fail(status_out: *Status, s: Status) error{Failed} {
 fn oom(sink: *ErrorSink, bytes: usize) Status {
     if (bytes > 0) return sink.fail(.out_of_memory, "out of memory allocating the KV cache ({d} bytes); lower the context length", .{bytes});
     return sink.fail(.out_of_memory, "out of memory allocating session buffers", .{});
+}
+
+fn allocScratch(s: *Session, max_rank: usize, cluster_size: usize) !sparse_ffn.Scratch {
+    const a = s.allocator;
+    const hp = s.model.hp;
+    const ffn = hp.ffn_dim;
+    const threads = s.pool.threadCount();
+    var sc: sparse_ffn.Scratch = undefined;
+    sc.scores = try a.alloc(f32, ffn);
+    errdefer a.free(sc.scores);
+    sc.truth = try a.alloc(f32, ffn);
+    errdefer a.free(sc.truth);
+    sc.hidden = try a.alloc(f32, @max(max_rank, 1));
+    errdefer a.free(sc.hidden);
+    sc.g = try a.alloc(f32, ffn);
+    errdefer a.free(sc.g);
+    sc.u = try a.alloc(f32, ffn);
+    errdefer a.free(sc.u);
+    sc.sel_model = try a.alloc(u32, ffn);
+    errdefer a.free(sc.sel_model);
+    sc.sel_perm = try a.alloc(u32, ffn);
+    errdefer a.free(sc.sel_perm);
+    sc.cluster_start = try a.alloc(u32, ffn / cluster_size + 2);
+    errdefer a.free(sc.cluster_start);
+    sc.y = try a.alloc(f32, threads * hp.dim);
+    errdefer a.free(sc.y);
+    sc.act = try a.alignedAlloc(u8, 64, s.act_stride);
+    errdefer a.free(sc.act);
+    sc.act_up = try a.alignedAlloc(u8, 64, s.act_stride);
+    errdefer a.free(sc.act_up);
+    sc.active_count = try a.alloc(u64, threads);
+    errdefer a.free(sc.active_count);
+    sc.stats = try a.alloc(sparse_ffn.LayerStats, hp.n_layers);
+    @memset(sc.stats, .{});
+    return sc;
+}
+
+fn freeScratch(a: std.mem.Allocator, sc: sparse_ffn.Scratch) void {
+    a.free(sc.scores);
+    a.free(sc.truth);
+    a.free(sc.hidden);
+    a.free(sc.g);
+    a.free(sc.u);
+    a.free(sc.sel_model);
+    a.free(sc.sel_perm);
+    a.free(sc.cluster_start);
+    a.free(sc.y);
+    a.free(sc.act);
+    a.free(sc.act_up);
+    a.free(sc.active_count);
+    a.free(sc.stats);
 }
 
 fn checkBackendSupport(backend: *const Backend, model: *const Model, sink: *ErrorSink) ?Status {

@@ -221,6 +221,13 @@ fn quantizeBlock8(x: *const [qk]f32, qs: *[qk]i8) f32 {
     return d;
 }
 
+/// Quantizes 32 values into one Q8_0 block (d = max|x| / 127, stored as f16).
+pub fn quantizeBlockQ8_0(x: *const [qk]f32, out: *align(1) BlockQ8_0) void {
+    var qs: [qk]i8 = undefined;
+    const d = quantizeBlock8(x, &qs);
+    out.* = .{ .d = @floatCast(d), .qs = qs };
+}
+
 /// Activations for the 32-element weight types, in three arrays: per block the scale d (rounded to
 /// f16 and back, as a Q8_0 block would store it), the sum d*sum(q) (the offset terms of Q4_0/Q5_0 and
 /// the mins of Q4_1/Q5_1 multiply it, once per row instead of once per row and element), and the 32

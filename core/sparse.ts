@@ -1,0 +1,254 @@
+/**
+ * Sparse FFNs on the native side: the neuron store (hot-first order, transposed down projection)
+ * and the predictors, built from a model and, optionally, a calibration sidecar or PowerInfer
+ * predictor file; plus the statistics sessions collect while computing sparsely.
+ *
+ * @module
+ */
+import { SparrowError, unwrap } from "./errors.ts";
+import { core, lastError } from "./ffi.ts";
+import type { NativeModel } from "./engine.ts";
+import { writeTensor } from "./model_desc.ts";
+import type { LlamaHparams } from "./model_desc.ts";
+import { pickTarget, type Sidecar } from "./sidecar.ts";
+
+/** Layout of the structs below; checked against the library (`sp_sparse_layout`). */
+const layout = { version: 1, desc: 16, layerDesc: 232, config: 16, statsFields: 8 } as const;
+
+let layoutChecked = false;
+function checkLayout(): void {
+  if (layoutChecked) return;
+  const got = new BigUint64Array(5);
+  core().sp_sparse_layout(got);
+  const want = [layout.version, layout.desc, layout.layerDesc, layout.config, layout.statsFields];
+  if (want.some((w, i) => BigInt(w) !== got[i])) {
+    throw new SparrowError(
+      "abi_mismatch",
+      `the native library's sparse layout is [${[...got].join(", ")}], expected [${want.join(", ")}]; rebuild it`,
+    );
+  }
+  layoutChecked = true;
+}
+
+/** How a session picks the neurons it computes. */
+export type SparseMode = "dense" | "oracle" | "predictor";
+const modeIds: Record<SparseMode, number> = { dense: 0, oracle: 1, predictor: 2 };
+
+/** Sparse FFN settings of a session. */
+export interface SparseOptions {
+  /**
+   * "oracle": compute the whole gate and skip the neurons that do not fire (exact for ReLU models;
+   * SwiGLU models apply the sidecar's CATS thresholds). "predictor": the sidecar's (or PowerInfer's)
+   * low-rank predictors choose the neurons, so most of the gate is never read. "dense": off.
+   */
+  mode: SparseMode;
+  /** Calibration sidecar (`sparrow calibrate`) or PowerInfer predictor file (magic "PWRI"). */
+  sidecar?: string;
+  /** SwiGLU models: which calibrated sparsity target to use (e.g. 0.5). Default: the sidecar's first. */
+  sparsity?: number;
+  /** Neurons per cluster, the unit of work per thread. Default 16. */
+  clusterSize?: number;
+  /** Compute the true active set every N-th token to measure predictor recall; 0 = never (default). */
+  verifyEvery?: number;
+  /** Also compute prompt batches sparsely, token by token (evaluation); default false (dense prefill). */
+  batches?: boolean;
+}
+
+/** The default cluster size, measured on Zen 3 with bench/sparse_bench.ts. */
+export const defaultClusterSize = 16;
+
+/** Encodes a session's sparse settings for `sp_session_set_sparse`. */
+export function encodeSparseConfig(o: SparseOptions): Uint8Array<ArrayBuffer> {
+  const cluster = o.clusterSize ?? defaultClusterSize;
+  const verify = o.verifyEvery ?? 0;
+  if (!Number.isInteger(cluster) || cluster < 1) {
+    throw new SparrowError("invalid_argument", `cluster size ${cluster} is not a positive integer`);
+  }
+  if (!Number.isInteger(verify) || verify < 0) {
+    throw new SparrowError("invalid_argument", `verifyEvery ${verify} is not a count`);
+  }
+  return new Uint8Array(Uint32Array.from([modeIds[o.mode], cluster, verify, o.batches ? 1 : 0]).buffer);
+}
+
+/** ggml type of the transposed down projection for a model whose ffn_down has type `t`. */
+function downTypeFor(t: number): number {
+  if (t === 0 || t === 1) return t; // f32, f16: transposed exactly
+  if (t === 30) return 0; // bf16: exactly representable in f32
+  return 8; // quantized: q8_0, far finer than the 4/5/6-bit source
+}
+
+/** Neurons sorted by activation frequency, most frequent first (ties by index), per layer. */
+function hotFirstOrder(sidecar: Sidecar, hp: LlamaHparams): Uint32Array<ArrayBuffer> {
+  if (sidecar.neuronFreq.some((t) => t === undefined)) return new Uint32Array(0);
+  const perms = new Uint32Array(hp.nLayers * hp.ffnDim);
+  const file = Deno.openSync(sidecar.path);
+  try {
+    sidecar.neuronFreq.forEach((t, l) => {
+      const buf = new Uint8Array(t!.nBytes);
+      file.seekSync(t!.offset, Deno.SeekMode.Start);
+      let got = 0;
+      while (got < buf.length) got += file.readSync(buf.subarray(got)) ?? Infinity;
+      const freq = new Float32Array(buf.buffer);
+      const order = Array.from({ length: hp.ffnDim }, (_, i) => i).sort((a, b) => freq[b] - freq[a] || a - b);
+      perms.set(order, l * hp.ffnDim);
+    });
+  } finally {
+    file.close();
+  }
+  return perms;
+}
+
+/** Native sparse FFNs for one model (and sidecar operating point), shared by its sessions. */
+export class SparseFfn {
+  #ptr: Deno.PointerObject | null;
+  /** The sidecar it was built from, if any. */
+  readonly sidecar: Sidecar | undefined;
+  /** Bytes of the transposed down projections it holds. */
+  readonly storeBytes: number;
+
+  private constructor(ptr: Deno.PointerObject, sidecar: Sidecar | undefined, storeBytes: number) {
+    this.#ptr = ptr;
+    this.sidecar = sidecar;
+    this.storeBytes = storeBytes;
+  }
+
+  /**
+   * Builds sparse FFNs for `model`.
+   *
+   * @param model The native model.
+   * @param hp Its hyperparameters.
+   * @param ffnDownType ggml type of its ffn_down tensors.
+   * @param sidecar Calibration sidecar or PowerInfer file (undefined: oracle mode only, model order).
+   * @param sparsity Which calibrated target to use.
+   * @param threads Threads used to build the store.
+   */
+  static create(
+    model: NativeModel,
+    hp: LlamaHparams,
+    ffnDownType: number,
+    sidecar: Sidecar | undefined,
+    sparsity: number | undefined,
+    threads: number,
+  ): SparseFfn {
+    checkLayout();
+    const downType = downTypeFor(ffnDownType);
+    const desc = new Uint8Array(layout.desc + hp.nLayers * layout.layerDesc);
+    const view = new DataView(desc.buffer);
+    view.setUint32(0, layout.version, true);
+    view.setUint32(4, hp.nLayers, true);
+    view.setUint32(8, downType, true);
+    const target = sidecar ? pickTarget(sidecar, sparsity) : undefined;
+    for (let l = 0; l < hp.nLayers; l++) {
+      const at = layout.desc + l * layout.layerDesc;
+      const p = sidecar?.predictors[l];
+      writeTensor(view, at, p?.fc1);
+      writeTensor(view, at + 112, p?.fc2);
+      view.setFloat32(at + 224, target?.scoreThresholds[l] ?? 0, true);
+      view.setFloat32(at + 228, target?.catsThresholds[l] ?? 0, true);
+    }
+    const perms = sidecar ? hotFirstOrder(sidecar, hp) : new Uint32Array(0);
+    const path = new TextEncoder().encode(sidecar?.path ?? "");
+    const out = new BigUint64Array(1);
+    const c = core();
+    unwrap(
+      c.sp_sparse_create(
+        model.pointer,
+        path,
+        BigInt(path.length),
+        desc,
+        BigInt(desc.length),
+        new Uint8Array(perms.buffer),
+        BigInt(perms.length),
+        threads,
+        new Uint8Array(out.buffer),
+      ),
+      () => lastError(null, null),
+    );
+    const ptr = Deno.UnsafePointer.create(out[0]);
+    if (ptr === null) throw new SparrowError("internal", "sp_sparse_create returned no handle");
+    const rowBytes = downType === 0 ? hp.dim * 4 : downType === 1 ? hp.dim * 2 : (hp.dim / 32) * 34;
+    return new SparseFfn(ptr, sidecar, rowBytes * hp.ffnDim * hp.nLayers);
+  }
+
+  /** The native pointer, or an error once destroyed. */
+  get pointer(): Deno.PointerObject {
+    if (this.#ptr === null) throw new SparrowError("closed", "sparse FFNs were destroyed");
+    return this.#ptr;
+  }
+
+  /**
+   * Frees the native store. Safe to call twice.
+   *
+   * @throws {SparrowError} `busy` while sessions use it.
+   */
+  destroy(): void {
+    if (this.#ptr === null) return;
+    const ptr = this.#ptr;
+    unwrap(core().sp_sparse_destroy(ptr), () => lastError(null, null));
+    this.#ptr = null;
+  }
+}
+
+/** Sparse FFN counters of one layer over the tokens computed since the last reset. */
+export interface LayerSparseStats {
+  /** Tokens that took the sparse path. */
+  tokens: number;
+  /** Neurons whose gate and up rows were computed. */
+  candidates: number;
+  /** Neurons whose output was not zero. */
+  active: number;
+  /** Clusters with at least one candidate. */
+  clusters: number;
+  /** Weight bytes read by the FFN (predictor included). */
+  bytes: number;
+  /** Tokens on which the true active set was computed. */
+  verifiedTokens: number;
+  /** On those tokens: truly active neurons, and how many of them were candidates. */
+  trueActive: number;
+  truePositive: number;
+}
+
+/** Summary over layers. */
+export interface SparseStats {
+  /** Per layer. */
+  layers: LayerSparseStats[];
+  /** Fraction of FFN neurons whose output was zero or never computed. */
+  sparsity: number;
+  /** Truly active neurons that were computed, on verified tokens (NaN without verification). */
+  recall: number;
+  /** Candidates / active neurons (how many computed neurons turned out zero). */
+  candidatesPerActive: number;
+  /** Mean FFN weight bytes read per token, all layers. */
+  bytesPerToken: number;
+}
+
+/** Decodes the flat counters of `sp_session_sparse_stats`. */
+export function summarizeSparseStats(flat: BigUint64Array, nLayers: number, ffnDim: number): SparseStats {
+  const layers: LayerSparseStats[] = [];
+  for (let l = 0; l < nLayers; l++) {
+    const v = Array.from(flat.subarray(l * layout.statsFields, (l + 1) * layout.statsFields), Number);
+    layers.push({
+      tokens: v[0],
+      candidates: v[1],
+      active: v[2],
+      clusters: v[3],
+      bytes: v[4],
+      verifiedTokens: v[5],
+      trueActive: v[6],
+      truePositive: v[7],
+    });
+  }
+  const sum = (f: (s: LayerSparseStats) => number) => layers.reduce((a, s) => a + f(s), 0);
+  const neuronTokens = sum((s) => s.tokens) * ffnDim;
+  const tokens = layers[0]?.tokens ?? 0;
+  return {
+    layers,
+    sparsity: neuronTokens ? 1 - sum((s) => s.active) / neuronTokens : NaN,
+    recall: sum((s) => s.trueActive) ? sum((s) => s.truePositive) / sum((s) => s.trueActive) : NaN,
+    candidatesPerActive: sum((s) => s.active) ? sum((s) => s.candidates) / sum((s) => s.active) : NaN,
+    bytesPerToken: tokens ? sum((s) => s.bytes) / tokens : NaN,
+  };
+}
+
+/** Number of u64 counters per layer in the native stats. */
+export const sparseStatsFields: number = layout.statsFields;

@@ -1,0 +1,234 @@
+//! The sparse FFN of one token in one layer:
+//!
+//! 1. choose candidate neurons: "oracle" computes the whole gate and keeps the neurons that fire
+//!    (ReLU: gate > 0; SwiGLU: |silu(gate)| above the layer's CATS threshold); "predictor" runs the
+//!    low-rank predictor (score = fc2 · relu(fc1 · x)) and keeps scores >= the layer's threshold;
+//! 2. group them into clusters of `cluster_size` consecutive neurons in the hot-first order;
+//! 3. per cluster, on the thread pool: gate and up rows of the candidates, the activation, and for
+//!    every neuron whose output is not zero, y += h * (its transposed down row), into the thread's
+//!    own accumulator; the accumulators are summed at the end.
+//!
+//! Statistics per layer: candidates, active neurons, clusters, bytes read; and, on every
+//! `verify_every`-th token, the true active set (the whole gate computed) for predictor recall.
+const std = @import("std");
+const kernels = @import("kernels");
+const DType = kernels.DType;
+const ops = kernels.ops;
+const WeightView = @import("backend_api").WeightView;
+const Session = @import("../engine/session.zig").Session;
+const SparseModel = @import("sparse_model.zig").SparseModel;
+
+pub const Mode = enum(u32) { dense = 0, oracle = 1, predictor = 2 };
+
+/// Settings of a session's sparse FFNs, as TypeScript passes them (core/sparse_desc.ts).
+pub const SparseConfig = extern struct {
+    mode: u32,
+    /// Neurons per cluster: the unit of work handed to a thread (and, offloaded, of reads).
+    cluster_size: u32,
+    /// Compute the true active set every N-th token to measure recall; 0 = never.
+    verify_every: u32,
+    /// Bit 0: batches (prompts, evaluation) take the sparse path token by token, not the dense one.
+    flags: u32,
+};
+
+pub const flag_sparse_batches: u32 = 1;
+
+/// Counters of one layer, summed over tokens (exported as u64s, in this order).
+pub const LayerStats = extern struct {
+    tokens: u64 = 0,
+    /// Neurons whose gate/up rows were computed.
+    candidates: u64 = 0,
+    /// Neurons whose output was not zero (their down rows were read).
+    active: u64 = 0,
+    clusters: u64 = 0,
+    /// Weight bytes read by this layer's FFN (predictor included).
+    bytes: u64 = 0,
+    verified_tokens: u64 = 0,
+    /// On verified tokens: neurons truly active, and how many of those were candidates.
+    true_active: u64 = 0,
+    true_positive: u64 = 0,
+};
+
+pub const stats_fields = @typeInfo(LayerStats).@"struct".fields.len;
+
+/// Per-session scratch of the sparse path, allocated when sparse FFNs are attached.
+pub const Scratch = struct {
+    scores: []f32, // (ffn) predictor scores, or the whole gate in oracle mode
+    truth: []f32, // (ffn) the whole gate, on verified tokens
+    hidden: []f32, // (max_rank)
+    g: []f32, // (ffn) gate of the candidates, in selection order
+    u: []f32, // (ffn)
+    sel_model: []u32, // (ffn) candidates' indices in the model, in hot-first order
+    sel_perm: []u32, // (ffn) the same candidates' positions in the hot-first order
+    cluster_start: []u32, // (ffn / cluster_size + 2) offsets into sel_*
+    y: []f32, // (threads, dim) one accumulator per thread
+    act: []align(64) u8, // prepared x for the gate rows
+    act_up: []align(64) u8, // prepared x for the up rows, when their format differs
+    active_count: []u64, // (threads)
+    stats: []LayerStats, // (layers)
+};
+
+const Job = struct {
+    s: *Session,
+    layer: usize,
+    gate: *const WeightView,
+    up: *const WeightView,
+    down_t: *const WeightView,
+    act_up: [*]const u8,
+    gate_known: bool,
+    cats: f32,
+
+    fn run(ctx: *anyopaque, begin: usize, end: usize, thread: usize) void {
+        const self: *Job = @ptrCast(@alignCast(ctx));
+        const s = self.s;
+        const sc = &s.sparse_scratch.?;
+        const hp = s.model.hp;
+        const y = sc.y[thread * hp.dim ..][0..hp.dim];
+        var active: u64 = 0;
+        for (begin..end) |c| {
+            const a = sc.cluster_start[c];
+            const b = sc.cluster_start[c + 1];
+            const rows = sc.sel_model[a..b];
+            const g = sc.g[a..b];
+            const u = sc.u[a..b];
+            if (self.gate_known) {
+                for (rows, g) |i, *gv| gv.* = sc.scores[i];
+            } else {
+                s.backend.sparseMatvec(self.gate, sc.act.ptr, rows, g.ptr);
+            }
+            s.backend.sparseMatvec(self.up, self.act_up, rows, u.ptr);
+            // Compact the neurons whose output is not zero to the front of the cluster's range.
+            var n: usize = 0;
+            for (0..rows.len) |j| {
+                const h = activate(hp.activation, g[j], u[j], self.cats);
+                if (h == 0) continue;
+                sc.sel_perm[a + n] = sc.sel_perm[a + j];
+                g[n] = h;
+                n += 1;
+            }
+            if (n > 0) s.backend.axpyRows(self.down_t, sc.sel_perm[a .. a + n], g.ptr, y.ptr);
+            active += n;
+        }
+        sc.active_count[thread] += active;
+    }
+};
+
+inline fn silu(x: f32) f32 {
+    return x / (1.0 + @exp(-x));
+}
+
+/// The FFN hidden value of one neuron, with the CATS cut for SwiGLU (|silu(g)| <= cats -> 0).
+inline fn activate(kind: ops.Activation, g: f32, u: f32, cats: f32) f32 {
+    return switch (kind) {
+        .swiglu => blk: {
+            const sg = silu(g);
+            break :blk if (@abs(sg) > cats) sg * u else 0;
+        },
+        .relu => if (g > 0) g * u else 0,
+        .drelu => if (g > 0 and u > 0) g * u else 0,
+    };
+}
+
+/// Whether a neuron fires, judged from its gate alone (dReLU's up sign is checked when computed).
+inline fn gateFires(kind: ops.Activation, g: f32, cats: f32) bool {
+    return switch (kind) {
+        .swiglu => @abs(silu(g)) > cats,
+        .relu, .drelu => g > 0,
+    };
+}
+
+/// out = FFN(x) for one token of layer `l`, sparsely. `x` and `out` may alias.
+pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anytype) void {
+    const sm = s.sparse.?;
+    const sc = &s.sparse_scratch.?;
+    const cfg = s.sparse_config;
+    const hp = s.model.hp;
+    const ffn = hp.ffn_dim;
+    const layer = &s.model.layers[l];
+    const ls = sm.layers[l];
+    const store = &sm.store.layers[l];
+    const st = &sc.stats[l];
+    const mode: Mode = @enumFromInt(cfg.mode);
+    const use_predictor = mode == .predictor and ls.predictor != null;
+    st.tokens += 1;
+    const verify = cfg.verify_every != 0 and (st.tokens % cfg.verify_every == 0);
+
+    // 1. candidates
+    var bytes: u64 = 0;
+    if (use_predictor) {
+        const p = ls.predictor.?;
+        dense.matvec(s, &p.fc1, x, sc.hidden[0..p.fc1.n_rows]);
+        for (sc.hidden[0..p.fc1.n_rows]) |*h| h.* = @max(h.*, 0);
+        dense.matvec(s, &p.fc2, sc.hidden[0..p.fc1.n_rows], sc.scores);
+        bytes += p.fc1.row_bytes * p.fc1.n_rows + p.fc2.row_bytes * p.fc2.n_rows;
+    }
+    const gate_known = !use_predictor;
+    if (gate_known or verify) {
+        dense.matvec(s, &layer.ffn_gate, x, if (gate_known) sc.scores else sc.truth);
+        bytes += layer.ffn_gate.row_bytes * ffn;
+    }
+
+    // 2. selection in hot-first order, grouped into clusters
+    const k_size: usize = cfg.cluster_size;
+    var n_sel: usize = 0;
+    var n_clusters: usize = 0;
+    sc.cluster_start[0] = 0;
+    var k: usize = 0;
+    while (k < ffn) : (k += k_size) {
+        const end = @min(k + k_size, ffn);
+        for (store.perm[k..end], k..) |i, kk| {
+            const pick = if (use_predictor) sc.scores[i] >= ls.score_threshold else gateFires(hp.activation, sc.scores[i], ls.cats_threshold);
+            if (pick) {
+                sc.sel_model[n_sel] = i;
+                sc.sel_perm[n_sel] = @intCast(kk);
+                n_sel += 1;
+            }
+        }
+        if (n_sel > sc.cluster_start[n_clusters]) {
+            n_clusters += 1;
+            sc.cluster_start[n_clusters] = @intCast(n_sel);
+        }
+    }
+    if (verify) {
+        // Ground truth: neurons the whole gate says fire (for dReLU, the up sign is not known
+        // without computing up for every neuron, so recall is measured against the gate).
+        var true_active: u64 = 0;
+        var hit: u64 = 0;
+        for (0..ffn) |i| {
+            if (!gateFires(hp.activation, sc.truth[i], ls.cats_threshold)) continue;
+            true_active += 1;
+            if (!use_predictor or sc.scores[i] >= ls.score_threshold) hit += 1;
+        }
+        st.verified_tokens += 1;
+        st.true_active += true_active;
+        st.true_positive += hit;
+    }
+
+    // 3. clusters on the pool
+    const gate_fmt = s.backend.activationFormat(@enumFromInt(layer.ffn_gate.dtype));
+    const up_fmt = s.backend.activationFormat(@enumFromInt(layer.ffn_up.dtype));
+    s.backend.prepareActivation(@enumFromInt(layer.ffn_gate.dtype), x, sc.act.ptr);
+    const act_up = if (up_fmt == gate_fmt) sc.act.ptr else blk: {
+        s.backend.prepareActivation(@enumFromInt(layer.ffn_up.dtype), x, sc.act_up.ptr);
+        break :blk sc.act_up.ptr;
+    };
+    @memset(sc.y, 0);
+    @memset(sc.active_count, 0);
+    var job = Job{ .s = s, .layer = l, .gate = &layer.ffn_gate, .up = &layer.ffn_up, .down_t = &store.down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
+    s.pool.run(&job, Job.run, n_clusters, 1);
+
+    // 4. sum the per-thread accumulators
+    const n_threads = s.pool.threadCount();
+    @memcpy(out, sc.y[0..hp.dim]);
+    for (1..n_threads) |t| {
+        for (out, sc.y[t * hp.dim ..][0..hp.dim]) |*o, v| o.* += v;
+    }
+    var active: u64 = 0;
+    for (sc.active_count) |a| active += a;
+    st.candidates += n_sel;
+    st.active += active;
+    st.clusters += n_clusters;
+    if (!gate_known) bytes += n_sel * layer.ffn_gate.row_bytes;
+    bytes += n_sel * layer.ffn_up.row_bytes + active * store.down_t.row_bytes;
+    st.bytes += bytes;
+}

@@ -1,0 +1,104 @@
+//! Everything sparse FFNs need beyond the model, shared by all sessions on it: the neuron store
+//! (hot-first order, transposed down projection), and per layer the predictor (two matrices mapped
+//! from the calibration sidecar, or PowerInfer's predictor file) and the thresholds.
+const std = @import("std");
+const kernels = @import("kernels");
+const DType = kernels.DType;
+const WeightView = @import("backend_api").WeightView;
+const model_mod = @import("../engine/model.zig");
+const Model = model_mod.Model;
+const MappedFile = @import("../io/mapped_file.zig").MappedFile;
+const NeuronStore = @import("neuron_store.zig").NeuronStore;
+const desc = @import("sparse_desc.zig");
+const ErrorSink = @import("../status.zig").ErrorSink;
+const Status = @import("../status.zig").Status;
+
+pub const Predictor = struct {
+    /// (rank, dim)
+    fc1: WeightView,
+    /// (ffn, rank)
+    fc2: WeightView,
+};
+
+pub const LayerSparse = struct {
+    predictor: ?Predictor,
+    score_threshold: f32,
+    cats_threshold: f32,
+};
+
+pub const SparseModel = struct {
+    allocator: std.mem.Allocator,
+    model: *Model,
+    store: *NeuronStore,
+    sidecar: ?MappedFile,
+    layers: []LayerSparse,
+    /// Largest predictor rank (sizes the sessions' scratch).
+    max_rank: usize,
+    /// Sessions using this; destroying it while any do is refused.
+    users: std.atomic.Value(u32) = std.atomic.Value(u32).init(0),
+    sink: ErrorSink = .{},
+
+    pub const CreateError = error{Failed};
+
+    /// Builds the neuron store and maps the predictors. `sidecar_path` may be empty when no layer has
+    /// a predictor. On failure `sink` and `status_out` say why.
+    pub fn create(allocator: std.mem.Allocator, model: *Model, sidecar_path: []const u8, desc_bytes: []const u8, perms: []const u32, threads: usize, sink: *ErrorSink, status_out: *Status) CreateError!*SparseModel {
+        const hp = model.hp;
+        if (desc_bytes.len < @sizeOf(desc.SparseDesc)) return fail(status_out, sink.fail(.invalid_argument, "sparse description is {d} bytes", .{desc_bytes.len}));
+        var sd: desc.SparseDesc = undefined;
+        @memcpy(std.mem.asBytes(&sd), desc_bytes[0..@sizeOf(desc.SparseDesc)]);
+        if (sd.version != desc.sparse_desc_version) return fail(status_out, sink.fail(.abi_mismatch, "sparse description version {d}, this core reads {d}", .{ sd.version, desc.sparse_desc_version }));
+        if (sd.n_layers != hp.n_layers or desc_bytes.len != @sizeOf(desc.SparseDesc) + hp.n_layers * @sizeOf(desc.LayerSparseDesc))
+            return fail(status_out, sink.fail(.invalid_argument, "sparse description covers {d} layers ({d} bytes); the model has {d}", .{ sd.n_layers, desc_bytes.len, hp.n_layers }));
+        const down_type: DType = @enumFromInt(sd.down_type);
+
+        const self = allocator.create(SparseModel) catch return fail(status_out, sink.fail(.out_of_memory, "out of memory", .{}));
+        errdefer allocator.destroy(self);
+        const layers = allocator.alloc(LayerSparse, hp.n_layers) catch return fail(status_out, sink.fail(.out_of_memory, "out of memory", .{}));
+        errdefer allocator.free(layers);
+
+        var sidecar: ?MappedFile = null;
+        errdefer if (sidecar) |*f| f.close();
+        var max_rank: usize = 0;
+        for (layers, 0..) |*layer, l| {
+            var ld: desc.LayerSparseDesc = undefined;
+            @memcpy(std.mem.asBytes(&ld), desc_bytes[@sizeOf(desc.SparseDesc) + l * @sizeOf(desc.LayerSparseDesc) ..][0..@sizeOf(desc.LayerSparseDesc)]);
+            if (!std.math.isFinite(ld.score_threshold) or !(ld.cats_threshold >= 0) or !std.math.isFinite(ld.cats_threshold))
+                return fail(status_out, sink.fail(.invalid_argument, "layer {d}: thresholds {d} / {d} are not usable", .{ l, ld.score_threshold, ld.cats_threshold }));
+            layer.* = .{ .predictor = null, .score_threshold = ld.score_threshold, .cats_threshold = ld.cats_threshold };
+            if (!ld.fc1.present()) continue;
+            if (sidecar == null) {
+                sidecar = MappedFile.open(sidecar_path, sink) catch |e| return fail(status_out, if (e == error.Io) .io else .bad_model);
+            }
+            const rank: usize = @intCast(ld.fc1.ne[1]);
+            if (rank == 0 or rank > 1 << 16) return fail(status_out, sink.fail(.bad_model, "predictor '{s}' has rank {d}", .{ ld.fc1.nameSlice(), rank }));
+            var v = model_mod.Validator{ .file = sidecar.?.bytes, .path = sidecar_path, .sink = sink };
+            const fc1 = v.matrix(&ld.fc1, rank, hp.dim) catch |e| return fail(status_out, model_mod.status(e));
+            const fc2 = v.matrix(&ld.fc2, hp.ffn_dim, rank) catch |e| return fail(status_out, model_mod.status(e));
+            layer.predictor = .{ .fc1 = fc1, .fc2 = fc2 };
+            max_rank = @max(max_rank, rank);
+        }
+        const store = NeuronStore.build(allocator, model, down_type, perms, threads, sink) catch |e| return fail(status_out, switch (e) {
+            error.OutOfMemory => sink.fail(.out_of_memory, "out of memory building the sparse neuron store", .{}),
+            error.InvalidArgument => .invalid_argument,
+        });
+        self.* = .{ .allocator = allocator, .model = model, .store = store, .sidecar = sidecar, .layers = layers, .max_rank = max_rank };
+        _ = model.sessions.fetchAdd(1, .acq_rel); // the model must outlive this
+        return self;
+    }
+
+    pub fn destroy(self: *SparseModel) void {
+        std.debug.assert(self.users.load(.acquire) == 0);
+        const a = self.allocator;
+        self.store.destroy();
+        if (self.sidecar) |*f| f.close();
+        a.free(self.layers);
+        _ = self.model.sessions.fetchSub(1, .acq_rel);
+        a.destroy(self);
+    }
+};
+
+fn fail(status_out: *Status, s: Status) error{Failed} {
+    status_out.* = s;
+    return error.Failed;
+}
