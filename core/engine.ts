@@ -236,6 +236,12 @@ export class NativeSession {
     return out;
   }
 
+  /** @internal The native pointer, for calibration (core/calibrate.ts). */
+  get pointer(): Deno.PointerObject {
+    if (this.#ptr === null) throw new SparrowError("closed", "session is closed");
+    return this.#ptr;
+  }
+
   /** True while an eval runs. */
   get busy(): boolean {
     return this.#busy;

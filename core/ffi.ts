@@ -67,6 +67,37 @@ const symbols = {
   sp_session_set_sparse: { parameters: ["pointer", "pointer", "buffer"], result: "i32" },
   /** u64 sp_session_sparse_stats(Session*, u64* out, u64 cap, bool reset) */
   sp_session_sparse_stats: { parameters: ["pointer", "buffer", "u64", "bool"], result: "u64" },
+  /** i32 sp_capture_start(Session*, u64 max_tokens, bool with_up) */
+  sp_capture_start: { parameters: ["pointer", "u64", "bool"], result: "i32" },
+  /** u64 sp_capture_count(Session*) */
+  sp_capture_count: { parameters: ["pointer"], result: "u64" },
+  /** void sp_capture_stop(Session*) */
+  sp_capture_stop: { parameters: ["pointer"], result: "void" },
+  /** i32 sp_calib_cats(Session*, u32 layer, const f32* targets, u64 n, f32* out) */
+  sp_calib_cats: { parameters: ["pointer", "u32", "buffer", "u64", "buffer"], result: "i32" },
+  /** i32 sp_calib_frequency(Session*, u32 layer, f32 threshold, f32* out) */
+  sp_calib_frequency: { parameters: ["pointer", "u32", "f32", "buffer"], result: "i32" },
+  /** i32 sp_calib_train(Session*, u32 layer, const TrainParams*, f32* fc1, f32* fc2, f32* bias, TrainReport* out) */
+  sp_calib_train: { parameters: ["pointer", "u32", "buffer", "buffer", "buffer", "buffer", "buffer"], result: "i32" },
+  /** i32 sp_calib_thresholds(Session*, u32 layer, fc1, fc2, bias, u32 rank, f32 val_fraction, const f32* label_thr, u64 n, f32 recall, f32* score, f32* recall, f32* ratio) */
+  sp_calib_thresholds: {
+    parameters: [
+      "pointer",
+      "u32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "u32",
+      "f32",
+      "buffer",
+      "u64",
+      "f32",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+  },
   /** Bench* sp_bench_create(u32 kind, u32 dtype, u64 rows, u64 cols, u32 tokens, u32 threads): kernel benchmarks */
   sp_bench_create: { parameters: ["u32", "u32", "u64", "u64", "u32", "u32"], result: "pointer" },
   /** u64 sp_bench_run(Bench* bench): ns for one operation */

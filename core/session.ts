@@ -162,6 +162,11 @@ export class Session {
     return summarizeSparseStats(flat, this.#shape.nLayers, this.#shape.ffnDim);
   }
 
+  /** @internal The native session, for calibration (core/calibrate.ts). */
+  get native(): NativeSession {
+    return this.#native;
+  }
+
   /** Positions the session's KV cache holds. */
   get contextLength(): number {
     return this.#native.contextLength;

@@ -62,8 +62,8 @@ export interface Sidecar {
   format: "sparrow" | "powerinfer";
   /** The parsed GGUF. */
   gguf: GgufFile;
-  /** Per layer, the predictor tensors (undefined when a layer has none). */
-  predictors: ({ fc1: GgufTensorInfo; fc2: GgufTensorInfo } | undefined)[];
+  /** Per layer, the predictor tensors (undefined when a layer has none); bias only in sparrow sidecars. */
+  predictors: ({ fc1: GgufTensorInfo; fc2: GgufTensorInfo; bias?: GgufTensorInfo } | undefined)[];
   /** Per layer, the neuron activation frequencies tensor (sparrow sidecars only). */
   neuronFreq: (GgufTensorInfo | undefined)[];
   /** Calibrated operating points (PowerInfer files: one, from sparse_threshold). */
@@ -123,7 +123,9 @@ export function readSidecar(path: string, hp: LlamaHparams, fingerprint: string)
       }
       const fc2 = tensor(`blk.${l}.fc2.weight`, [rank, hp.ffnDim]);
       if (!fc2) fail(path, `layer ${l} has fc1 but no 'blk.${l}.fc2.weight'`);
-      predictors.push({ fc1, fc2 });
+      const bias = tensor(`blk.${l}.fc2.bias`, [hp.ffnDim]);
+      if (bias && bias.type !== 0) fail(path, `tensor 'blk.${l}.fc2.bias' must be F32`);
+      predictors.push({ fc1, fc2, bias });
     }
     const extra = [...g.tensors.keys()].find((n) => /^blk\.(\d+)\./.test(n) && Number(n.split(".")[1]) >= hp.nLayers);
     if (extra) fail(path, `tensor '${extra}' belongs to a layer the model (${hp.nLayers} layers) does not have`);

@@ -13,7 +13,7 @@ import type { LlamaHparams } from "./model_desc.ts";
 import { pickTarget, type Sidecar } from "./sidecar.ts";
 
 /** Layout of the structs below; checked against the library (`sp_sparse_layout`). */
-const layout = { version: 1, desc: 16, layerDesc: 232, config: 16, statsFields: 8 } as const;
+const layout = { version: 1, desc: 16, layerDesc: 344, config: 16, statsFields: 8 } as const;
 
 let layoutChecked = false;
 function checkLayout(): void {
@@ -143,8 +143,9 @@ export class SparseFfn {
       const p = sidecar?.predictors[l];
       writeTensor(view, at, p?.fc1);
       writeTensor(view, at + 112, p?.fc2);
-      view.setFloat32(at + 224, target?.scoreThresholds[l] ?? 0, true);
-      view.setFloat32(at + 228, target?.catsThresholds[l] ?? 0, true);
+      writeTensor(view, at + 224, p?.bias);
+      view.setFloat32(at + 336, target?.scoreThresholds[l] ?? 0, true);
+      view.setFloat32(at + 340, target?.catsThresholds[l] ?? 0, true);
     }
     const perms = sidecar ? hotFirstOrder(sidecar, hp) : new Uint32Array(0);
     const path = new TextEncoder().encode(sidecar?.path ?? "");

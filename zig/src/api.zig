@@ -15,6 +15,8 @@ const forward = @import("engine/forward.zig");
 const sparse_desc = @import("sparse/sparse_desc.zig");
 const sparse_ffn = @import("sparse/sparse_ffn.zig");
 const SparseModel = @import("sparse/sparse_model.zig").SparseModel;
+const Capture = @import("sparse/capture.zig").Capture;
+const train = @import("sparse/train.zig");
 const kernel_bench = @import("bench/kernel_bench.zig");
 
 const Status = status.Status;
@@ -152,6 +154,78 @@ export fn sp_session_sparse_stats(session: *Session, out: [*]u64, cap: u64, rese
     @memcpy(out[0..n], flat[0..n]);
     if (reset) @memset(sc.stats, .{});
     return flat.len;
+}
+
+/// Calibration: starts recording, per layer and evaluated token, the FFN input and the gate (and,
+/// with `with_up`, up) pre-activations, for at most `max_tokens` tokens (dense FFNs only).
+export fn sp_capture_start(session: *Session, max_tokens: u64, with_up: bool) i32 {
+    if (session.busy.load(.acquire)) return session.sink.fail(.busy, "session is evaluating", .{}).code();
+    if (max_tokens == 0 or max_tokens > 1 << 20) return session.sink.fail(.invalid_argument, "capture of {d} tokens is outside [1, 1048576]", .{max_tokens}).code();
+    if (session.capture) |c| c.destroy();
+    session.capture = null;
+    const hp = session.model.hp;
+    session.capture = Capture.create(allocator, hp.n_layers, hp.dim, hp.ffn_dim, max_tokens, with_up) catch
+        return session.sink.fail(.out_of_memory, "out of memory for a capture of {d} tokens", .{max_tokens}).code();
+    return Status.ok.code();
+}
+
+/// Calibration: tokens recorded so far.
+export fn sp_capture_count(session: *Session) u64 {
+    return if (session.capture) |c| c.n else 0;
+}
+
+/// Calibration: frees the recording.
+export fn sp_capture_stop(session: *Session) void {
+    if (session.capture) |c| c.destroy();
+    session.capture = null;
+}
+
+fn captureOf(session: *Session, layer: u32) ?*Capture {
+    const c = session.capture orelse {
+        _ = session.sink.fail(.invalid_argument, "no activations were captured (sp_capture_start)", .{});
+        return null;
+    };
+    if (layer >= c.n_layers or c.n < 2) {
+        _ = session.sink.fail(.invalid_argument, "layer {d} of {d}, {d} captured tokens", .{ layer, c.n_layers, c.n });
+        return null;
+    }
+    return c;
+}
+
+/// Calibration: CATS thresholds of `layer` for `n` target sparsities (quantiles of |silu(gate)|).
+export fn sp_calib_cats(session: *Session, layer: u32, targets: [*]const f32, n: u64, out: [*]f32) i32 {
+    const c = captureOf(session, layer) orelse return Status.invalid_argument.code();
+    train.catsThresholds(allocator, c, layer, targets[0..n], out[0..n]) catch return session.sink.fail(.out_of_memory, "out of memory", .{}).code();
+    return Status.ok.code();
+}
+
+/// Calibration: out[i] = how often neuron i of `layer` fires (|silu(gate)| > threshold for SwiGLU).
+export fn sp_calib_frequency(session: *Session, layer: u32, threshold: f32, out: [*]f32) i32 {
+    const c = captureOf(session, layer) orelse return Status.invalid_argument.code();
+    train.neuronFrequency(c, session.model.hp.activation, layer, threshold, out[0..c.ffn]);
+    return Status.ok.code();
+}
+
+/// Calibration: trains the predictor of `layer` into fc1 (rank x dim), fc2 (ffn x rank), bias (ffn).
+export fn sp_calib_train(session: *Session, layer: u32, params: *const train.TrainParams, fc1: [*]f32, fc2: [*]f32, bias: [*]f32, report: *train.TrainReport) i32 {
+    const c = captureOf(session, layer) orelse return Status.invalid_argument.code();
+    const p = params.*;
+    if (p.rank == 0 or p.rank > 4096 or p.batch == 0 or !(p.val_fraction > 0 and p.val_fraction < 1) or !(p.learning_rate > 0))
+        return session.sink.fail(.invalid_argument, "training parameters rank {d}, batch {d}, val_fraction {d}, learning_rate {d} are not usable", .{ p.rank, p.batch, p.val_fraction, p.learning_rate }).code();
+    const r: usize = p.rank;
+    train.trainPredictor(allocator, session.pool, c, session.model.hp.activation, layer, p, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn], report) catch
+        return session.sink.fail(.out_of_memory, "out of memory training the predictor of layer {d}", .{layer}).code();
+    return Status.ok.code();
+}
+
+/// Calibration: per target (label threshold), the predictor score threshold for `recall` on the
+/// held-out tokens, the recall reached and predicted / truly active there.
+export fn sp_calib_thresholds(session: *Session, layer: u32, fc1: [*]const f32, fc2: [*]const f32, bias: [*]const f32, rank: u32, val_fraction: f32, label_thresholds: [*]const f32, n: u64, recall: f32, out_score: [*]f32, out_recall: [*]f32, out_ratio: [*]f32) i32 {
+    const c = captureOf(session, layer) orelse return Status.invalid_argument.code();
+    const r: usize = rank;
+    train.chooseThresholds(allocator, session.pool, c, session.model.hp.activation, layer, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn], r, val_fraction, label_thresholds[0..n], recall, out_score[0..n], out_recall[0..n], out_ratio[0..n]) catch
+        return session.sink.fail(.out_of_memory, "out of memory choosing thresholds for layer {d}", .{layer}).code();
+    return Status.ok.code();
 }
 
 /// Benchmark: creates a kernel benchmark (kind 0 memory read of rows*cols bytes, 1 matrix-vector, 2

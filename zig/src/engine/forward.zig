@@ -84,6 +84,7 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
                 .{ .w = &layer.ffn_gate, .y = s.hb, .y_stride = ffn },
                 .{ .w = &layer.ffn_up, .y = s.hb2, .y_stride = ffn },
             });
+            if (s.capture) |c| c.record(l, T, s.xb, s.hb, s.hb2);
             for (0..T) |t| ops.ffnActivation(hp.activation, s.hb[t * ffn ..][0..ffn], s.hb2[t * ffn ..][0..ffn]);
             // W_down · hidden
             matmulFused(s, T, s.hb, ffn, &.{.{ .w = &layer.ffn_down, .y = s.xb, .y_stride = dim }});
@@ -92,6 +93,7 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
         for (s.x[0 .. T * dim], s.xb[0 .. T * dim]) |*x, d| x.* += d;
     }
     s.kv_len = pos0 + T;
+    if (s.capture) |c| c.commit(T);
 
     // ---- classifier: logits for the last token, or every token with all_logits ----
     const first: usize = if (s.all_logits) 0 else T - 1;

@@ -244,7 +244,7 @@ pub const Validator = struct {
         return .{ .data = self.file.ptr + t.offset, .row_bytes = row_bytes, .n_cols = cols, .n_rows = rows, .dtype = t.dtype };
     }
 
-    fn norm(self: *Validator, t: *const desc.TensorDesc, n: usize) ModelError![]const f32 {
+    pub fn norm(self: *Validator, t: *const desc.TensorDesc, n: usize) ModelError![]const f32 {
         const name = t.nameSlice();
         if (t.n_dims != 1 or t.ne[0] != n) {
             _ = self.sink.fail(.bad_model, "tensor '{s}' in '{s}' has {d} dims [{d}, ...], expected a vector of {d}", .{ name, self.path, t.n_dims, t.ne[0], n });

@@ -10,6 +10,7 @@ const DType = @import("kernels").DType;
 const ErrorSink = @import("../status.zig").ErrorSink;
 const sparse_ffn = @import("../sparse/sparse_ffn.zig");
 const SparseModel = @import("../sparse/sparse_model.zig").SparseModel;
+const Capture = @import("../sparse/capture.zig").Capture;
 const Status = @import("../status.zig").Status;
 
 /// Options as TypeScript passes them (core/ffi.ts `SessionOptions`).
@@ -45,6 +46,8 @@ pub const Session = struct {
     sparse: ?*SparseModel = null,
     sparse_config: sparse_ffn.SparseConfig = .{ .mode = 0, .cluster_size = 16, .verify_every = 0, .flags = 0 },
     sparse_scratch: ?sparse_ffn.Scratch = null,
+    /// Activation capture for calibration, when started (dense FFNs only).
+    capture: ?*Capture = null,
     sink: ErrorSink = .{},
 
     // KV cache: (layer, n_ctx, kv_dim)
@@ -166,6 +169,7 @@ pub const Session = struct {
     pub fn destroy(self: *Session) void {
         std.debug.assert(!self.busy.load(.acquire));
         self.detachSparse();
+        if (self.capture) |c| c.destroy();
         self.pool.deinit();
         self.backend.deinit();
         const a = self.allocator;

@@ -6,6 +6,7 @@ pub const dot = @import("dot.zig");
 pub const simd = @import("simd.zig");
 pub const matmul = @import("matmul.zig");
 pub const axpy = @import("axpy.zig");
+pub const gemm_f32 = @import("gemm_f32.zig");
 pub const ops = @import("ops.zig");
 
 test {

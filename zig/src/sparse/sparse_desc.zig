@@ -20,6 +20,8 @@ pub const LayerSparseDesc = extern struct {
     fc1: TensorDesc,
     /// (ffn rows, rank cols): score = fc2 · hidden, one per neuron in the model's own order.
     fc2: TensorDesc,
+    /// (ffn,) f32 added to the scores; absent (n_dims = 0) in PowerInfer's predictors.
+    fc2_bias: TensorDesc,
     /// A neuron is predicted active when its score >= this (PowerInfer's sparse_threshold).
     score_threshold: f32,
     /// SwiGLU models: a neuron counts as active when |silu(gate)| > this (0 for ReLU models).
@@ -28,5 +30,5 @@ pub const LayerSparseDesc = extern struct {
 
 comptime {
     std.debug.assert(@sizeOf(SparseDesc) == 16);
-    std.debug.assert(@sizeOf(LayerSparseDesc) == 2 * 112 + 8);
+    std.debug.assert(@sizeOf(LayerSparseDesc) == 3 * 112 + 8);
 }

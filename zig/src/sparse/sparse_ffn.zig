@@ -160,6 +160,9 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         dense.matvec(s, &p.fc1, x, sc.hidden[0..p.fc1.n_rows]);
         for (sc.hidden[0..p.fc1.n_rows]) |*h| h.* = @max(h.*, 0);
         dense.matvec(s, &p.fc2, sc.hidden[0..p.fc1.n_rows], sc.scores);
+        if (p.bias) |b| {
+            for (sc.scores, b) |*sv, bv| sv.* += bv;
+        }
         bytes += p.fc1.row_bytes * p.fc1.n_rows + p.fc2.row_bytes * p.fc2.n_rows;
     }
     const gate_known = !use_predictor;

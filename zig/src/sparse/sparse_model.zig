@@ -18,6 +18,8 @@ pub const Predictor = struct {
     fc1: WeightView,
     /// (ffn, rank)
     fc2: WeightView,
+    /// (ffn,) added to the scores, if present
+    bias: ?[]const f32,
 };
 
 pub const LayerSparse = struct {
@@ -75,7 +77,8 @@ pub const SparseModel = struct {
             var v = model_mod.Validator{ .file = sidecar.?.bytes, .path = sidecar_path, .sink = sink };
             const fc1 = v.matrix(&ld.fc1, rank, hp.dim) catch |e| return fail(status_out, model_mod.status(e));
             const fc2 = v.matrix(&ld.fc2, hp.ffn_dim, rank) catch |e| return fail(status_out, model_mod.status(e));
-            layer.predictor = .{ .fc1 = fc1, .fc2 = fc2 };
+            const bias = if (ld.fc2_bias.present()) v.norm(&ld.fc2_bias, hp.ffn_dim) catch |e| return fail(status_out, model_mod.status(e)) else null;
+            layer.predictor = .{ .fc1 = fc1, .fc2 = fc2, .bias = bias };
             max_rank = @max(max_rank, rank);
         }
         const store = NeuronStore.build(allocator, model, down_type, perms, threads, sink) catch |e| return fail(status_out, switch (e) {
