@@ -29,7 +29,23 @@ export interface ReferenceForwardOptions extends LlamaOverrides {
    * should match to within float32 rounding, which exposes small bugs that the 8-bit error would hide.
    */
   emulateActivationQuantization?: boolean;
+  /**
+   * Observes every layer's FFN at every position: the gate and up pre-activations (ffn, before the
+   * activation function) and the FFN input (dim: rmsnorm(x) times ffn_norm), for measuring activation
+   * statistics (models/activation_stats.ts). The arrays are the pass's own buffers, valid only during
+   * the call: copy what you keep.
+   */
+  onFfn?: FfnObserver;
 }
+
+/** Called with (layer, position, gate, up, input); see {@link ReferenceForwardOptions.onFfn}. */
+export type FfnObserver = (
+  layer: number,
+  position: number,
+  gate: Float64Array,
+  up: Float64Array,
+  input: Float64Array,
+) => void;
 
 /** How the engine rounds a matrix's input: not at all (float weights), q8 or q8k blocks. */
 type InputRounding = "none" | "q8" | "q8k";
@@ -172,7 +188,8 @@ function silu(x: number): number {
  * Q5_K or Q6_K, in any mixture).
  * @param tokens Token ids, from position 0.
  * @param options Activation and RoPE layout overrides, as `loadModel` takes them; optionally round
- * activations to 8 bits as the engine does (see {@link ReferenceForwardOptions}).
+ * activations to 8 bits as the engine does, and observe FFN pre-activations (see
+ * {@link ReferenceForwardOptions}).
  * @returns One float64 logits row (vocab) per token.
  * @throws {SparrowError} as `llamaHparams`/`llamaTensors` do for a bad file, `invalid_argument` for a
  * token id outside the vocabulary or more tokens than the context length, `unsupported` for a
@@ -291,6 +308,7 @@ export function referenceForward(
       rmsnorm(xb, x, lw.ffnNorm, hp.rmsEps);
       matvec(hb, lw.wGate, xb);
       matvec(hb2, lw.wUp, xb);
+      options.onFfn?.(l, pos, hb, hb2, xb);
       for (let i = 0; i < ffnDim; i++) {
         const g = hb[i];
         const u = hb2[i];

@@ -13,7 +13,10 @@
  *   per-tensor table of Gaussians), so a 7B model is written at disk speed.
  *
  * Weight types are one type for every matrix, or llama.cpp's Q4_K_M / Q5_K_M mixtures (see
- * {@link synthTensorType}); `tensorTypes` overrides single tensors.
+ * {@link synthTensorType}, models/synth_types.ts); `tensorTypes` overrides single tensors.
+ *
+ * With `sparseFfn` (ReLU and dReLU models), the FFN activations are sparse as in ReLU-fied models,
+ * with hot and cold neurons and a low-rank gate: models/synth_sparse.ts.
  *
  * @module
  */
@@ -21,14 +24,23 @@ import { fileURLToPath } from "node:url";
 import { SparrowError } from "../core/errors.ts";
 import { gv, type TensorToWrite, type TypedValue, writeGguf } from "../core/gguf_writer.ts";
 import type { Activation, RopeLayout } from "../core/model_desc.ts";
-import { ggmlType } from "../core/gguf_types.ts";
-import { QuantType } from "./ggml_quants.ts";
 import { llama2cTokenizerMetadata, readLlama2cTokenizer } from "./llama2c_tokenizer.ts";
 import { generatedVocab } from "./synth_vocab.ts";
+import {
+  synthFileTypes,
+  type SynthTensorType,
+  synthTensorType,
+  type SynthWeightType,
+  synthWeightTypes,
+  tensorTypesOf,
+} from "./synth_types.ts";
 import { directProducer, floatProducer, type TensorPlan } from "./synth_weights.ts";
+import type { SparseFfnOptions, SparseFfnPlan } from "./synth_sparse.ts";
+import { sparseFfnMetadata, sparseFfnProducer, sparseTensorPlan } from "./synth_sparse.ts";
+import { buildSparseFfn, type SparseFfnReport } from "./synth_sparse_calibration.ts";
 import { Rng } from "../core/rng.ts";
 
-export { generatedVocab };
+export { generatedVocab, type SynthTensorType, synthTensorType, type SynthWeightType, synthWeightTypes };
 
 /** The shape of a synthetic model. */
 export interface SynthShape {
@@ -72,94 +84,6 @@ export const synthPresets = {
 /** A preset name. */
 export type SynthPreset = keyof typeof synthPresets;
 
-/**
- * Weight types a synthetic model's matrices can have (norms are always F32), each with the type of
- * most matrices: all of them, except in the mixtures "q4_k_m" and "q5_k_m" (see {@link synthTensorType}).
- */
-export const synthWeightTypes = {
-  f32: QuantType.F32,
-  f16: QuantType.F16,
-  bf16: QuantType.BF16,
-  q8_0: QuantType.Q8_0,
-  q4_0: QuantType.Q4_0,
-  q4_1: QuantType.Q4_1,
-  q5_0: QuantType.Q5_0,
-  q5_1: QuantType.Q5_1,
-  q4_k: QuantType.Q4_K,
-  q5_k: QuantType.Q5_K,
-  q6_k: QuantType.Q6_K,
-  q4_k_m: QuantType.Q4_K,
-  q5_k_m: QuantType.Q5_K,
-} as const;
-
-/** A weight type name. */
-export type SynthWeightType = keyof typeof synthWeightTypes;
-
-/** A single tensor type (a weight type that is not a mixture). */
-export type SynthTensorType = Exclude<SynthWeightType, "q4_k_m" | "q5_k_m">;
-
-/**
- * llama.cpp's `general.file_type` (its `llama_ftype`) for each weight type. It has no "all Q4_K" or
- * "all Q5_K" type: those are written as its nearest, Q4_K_S (14) and Q5_K_S (16).
- */
-const fileTypes: Record<SynthWeightType, number> = {
-  f32: 0,
-  f16: 1,
-  q4_0: 2,
-  q4_1: 3,
-  q8_0: 7,
-  q5_0: 8,
-  q5_1: 9,
-  q4_k: 14,
-  q4_k_m: 15,
-  q5_k: 16,
-  q5_k_m: 17,
-  q6_k: 18,
-  bf16: 32,
-};
-
-/**
- * llama.cpp's `use_more_bits`: the layers its _M mixtures give more bits, the first and last eighth
- * and every third layer between (half of them for 32 layers: 0-3, 6, 9, ..., 27, 28-31).
- */
-function usesMoreBits(layer: number, nLayers: number): boolean {
-  const eighth = Math.floor(nLayers / 8);
-  return layer < eighth || layer >= Math.floor((7 * nLayers) / 8) || (layer - eighth) % 3 === 2;
-}
-
-/**
- * The type of matrix `tensorName` in a model of weight type `weightType`. The mixtures follow
- * llama.cpp's `llama_tensor_get_type` for Q4_K_M / Q5_K_M on Llama models: Q4_K (Q5_K) everywhere
- * except Q6_K for output.weight (or token_embd.weight when it doubles as the classifier), and for
- * attn_v and ffn_down in the layers `use_more_bits` picks (see above). Left out: its exceptions for
- * other architectures and for 70B GQA models, and its fallbacks for rows that are not
- * whole 256-element blocks (here an error).
- *
- * @param weightType The model's weight type.
- * @param tensorName A matrix name, e.g. "blk.3.attn_v.weight".
- * @param nLayers The model's layer count.
- * @param tied Whether token_embd.weight is also the classifier. Default false.
- * @returns The GGML type id.
- * @example
- * ```ts
- * import { synthTensorType } from "./synth.ts";
- * synthTensorType("q4_k_m", "blk.0.ffn_down.weight", 32); // 14 (Q6_K)
- * synthTensorType("q4_k_m", "blk.4.ffn_down.weight", 32); // 12 (Q4_K)
- * ```
- */
-export function synthTensorType(
-  weightType: SynthWeightType,
-  tensorName: string,
-  nLayers: number,
-  tied = false,
-): number {
-  const base = synthWeightTypes[weightType];
-  if (weightType !== "q4_k_m" && weightType !== "q5_k_m") return base;
-  if (tensorName === "output.weight" || (tied && tensorName === "token_embd.weight")) return QuantType.Q6_K;
-  const m = /^blk\.(\d+)\.(attn_v|ffn_down)\.weight$/.exec(tensorName);
-  return m && usesMoreBits(Number(m[1]), nLayers) ? QuantType.Q6_K : base;
-}
-
 /** Options of {@link synthesizeModel}. */
 export interface SynthOptions {
   /** A preset name or explicit sizes. Default "tiny". */
@@ -191,6 +115,12 @@ export interface SynthOptions {
    * layer ("attn_v", "output", "token_embd") or one ("blk.3.attn_v", which wins over "attn_v").
    */
   tensorTypes?: Readonly<Record<string, SynthTensorType>>;
+  /**
+   * Build in sparse FFN activations (activation "relu" or "drelu" only): about `sparsity` of the
+   * neurons inactive per token, hot and cold neurons, a low-rank gate a predictor can learn. See
+   * models/synth_sparse.ts for the construction; it is recorded in `sparrow.synthetic_*` metadata.
+   */
+  sparseFfn?: SparseFfnOptions;
 }
 
 /** What {@link synthesizeModel} wrote. */
@@ -208,6 +138,8 @@ export interface SynthResult {
   bytes: number;
   /** Wall time of generating and writing. */
   seconds: number;
+  /** With `sparseFfn`: the construction's resolved options and its calibration (with the proxy's statistics). */
+  sparseFfn?: SparseFfnReport;
 }
 
 /** Called after each tensor is written: (tensors done, total, bytes written so far, tensor name). */
@@ -324,51 +256,6 @@ function vocabMetadata(options: SynthOptions, vocabSize: number): [string, Typed
   ];
 }
 
-/**
- * The type of every tensor: F32 for norms, else the weight type's (synthTensorType), overridden by
- * `overrides`; checks every matrix's rows are whole blocks of its type.
- */
-function tensorTypesOf(
-  plan: readonly TensorPlan[],
-  weightType: SynthWeightType,
-  nLayers: number,
-  tied: boolean,
-  overrides: Readonly<Record<string, SynthTensorType>>,
-): Map<string, number> {
-  const used = new Set<string>();
-  const types = new Map<string, number>();
-  for (const t of plan) {
-    if (t.norm) {
-      types.set(t.name, QuantType.F32);
-      continue;
-    }
-    const full = t.name.replace(/\.weight$/, "");
-    const key = full in overrides ? full : full.replace(/^blk\.\d+\./, "");
-    let type = synthTensorType(weightType, t.name, nLayers, tied);
-    if (key in overrides) {
-      const o = overrides[key];
-      if (!(o in synthWeightTypes) || o.endsWith("_m")) {
-        throw new SparrowError("invalid_argument", `tensorTypes['${key}'] = '${o}' is not a single tensor type`);
-      }
-      type = synthWeightTypes[o];
-      used.add(key);
-    }
-    const info = ggmlType(type)!;
-    if (t.cols % info.blockElems !== 0) {
-      throw new SparrowError(
-        "invalid_argument",
-        `tensor '${t.name}' has rows of ${t.cols}, not a whole number of ${info.blockElems}-element ${info.name} blocks`,
-      );
-    }
-    types.set(t.name, type);
-  }
-  const unused = Object.keys(overrides).filter((k) => !used.has(k));
-  if (unused.length > 0) {
-    throw new SparrowError("invalid_argument", `tensorTypes names no tensor of this model: ${unused.join(", ")}`);
-  }
-  return types;
-}
-
 /** Matrix elements up to which "auto" generation draws floats and quantizes them (about a second). */
 const floatPathMaxElements = 32 << 20;
 
@@ -389,6 +276,16 @@ const floatPathMaxElements = 32 << 20;
  * ```
  */
 export function synthesizeModel(path: string, options: SynthOptions = {}, onProgress?: SynthProgress): SynthResult {
+  return writeModel(path, options, onProgress);
+}
+
+/** synthesizeModel, or (with `fixedSparse`) a calibration proxy whose sparse construction is given. */
+function writeModel(
+  path: string,
+  options: SynthOptions,
+  onProgress?: SynthProgress,
+  fixedSparse?: SparseFfnPlan,
+): SynthResult {
   const t0 = performance.now();
   const { label, shape } = resolveShape(options.shape ?? "tiny");
   const weightType = options.weightType ?? "f32";
@@ -415,14 +312,32 @@ export function synthesizeModel(path: string, options: SynthOptions = {}, onProg
     : elements <= floatPathMaxElements
     ? "float"
     : "direct";
-  const name = options.name ?? `synthetic ${label} ${weightType} (seed ${seed})`;
+  const activation = options.activation ?? "swiglu";
+  const ropeLayout = options.ropeLayout ?? "interleaved";
+  let sparse = fixedSparse;
+  let sparseReport: SparseFfnReport | undefined;
+  if (!sparse && options.sparseFfn) {
+    // The proxy: F32 floats of the same construction, with the given calibration.
+    const proxy = { weightType: "f32", generation: "float", activation, ropeLayout, ropeTheta, rmsEps, seed } as const;
+    ({ plan: sparse, report: sparseReport } = buildSparseFfn(
+      options.sparseFfn,
+      activation,
+      shape,
+      { layout: ropeLayout, theta: ropeTheta },
+      seed,
+      (proxyPath, proxyShape, proxyPlan) =>
+        writeModel(proxyPath, { ...proxy, shape: proxyShape }, undefined, proxyPlan),
+    ));
+  }
+  const sparseLabel = sparse ? ` ${activation} sparsity ${sparse.sparsity}` : "";
+  const name = options.name ?? `synthetic ${label} ${weightType}${sparseLabel} (seed ${seed})`;
   const kvHeadDims: [string, TypedValue][] = shape.headDim !== shape.dim / shape.nHeads
     ? [["llama.attention.key_length", gv.u32(shape.headDim)], ["llama.attention.value_length", gv.u32(shape.headDim)]]
     : [];
   const metadata: [string, TypedValue][] = [
     ["general.architecture", gv.str("llama")],
     ["general.name", gv.str(name)],
-    ["general.file_type", gv.u32(fileTypes[weightType])],
+    ["general.file_type", gv.u32(synthFileTypes[weightType])],
     ["sparrow.synthetic", gv.bool(true)],
     ["sparrow.synthetic_seed", gv.u32(seed)],
     ["llama.context_length", gv.u32(shape.contextLength)],
@@ -436,19 +351,24 @@ export function synthesizeModel(path: string, options: SynthOptions = {}, onProg
     ["llama.rope.freq_base", gv.f32(ropeTheta)],
     ["llama.attention.layer_norm_rms_epsilon", gv.f32(rmsEps)],
     ["llama.vocab_size", gv.u32(shape.vocabSize)],
-    ["sparrow.ffn_activation", gv.str(options.activation ?? "swiglu")],
-    ["sparrow.rope_layout", gv.str(options.ropeLayout ?? "interleaved")],
+    ...(sparse ? sparseFfnMetadata(sparse) : []),
+    ["sparrow.ffn_activation", gv.str(activation)],
+    ["sparrow.rope_layout", gv.str(ropeLayout)],
     ...vocabMetadata(options, shape.vocabSize),
   ];
   const scratch = { buf: new ArrayBuffer(0) };
-  const tensors: TensorToWrite[] = plan.map((t) => {
+  const tensors: TensorToWrite[] = plan.map((t0) => {
+    const t = sparse ? sparseTensorPlan(sparse, t0) : t0;
     const rng = new Rng(seed, streamOf(t.name));
     const tType = types.get(t.name)!;
+    const data = t.norm || generation === "float"
+      ? floatProducer(t, tType, rng)
+      : directProducer(t, tType, rng, scratch);
     return {
       name: t.name,
       dims: t.norm ? [t.cols] : [t.cols, t.rows],
       type: tType,
-      data: t.norm || generation === "float" ? floatProducer(t, tType, rng) : directProducer(t, tType, rng, scratch),
+      data: sparse ? sparseFfnProducer(sparse, t, tType, rng, data) : data,
     };
   });
   const bytes = writeGguf(path, metadata, tensors, {
@@ -463,5 +383,6 @@ export function synthesizeModel(path: string, options: SynthOptions = {}, onProg
     tensors: tensors.length,
     bytes,
     seconds: (performance.now() - t0) / 1000,
+    ...(sparseReport && { sparseFfn: sparseReport }),
   };
 }
