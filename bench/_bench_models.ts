@@ -28,6 +28,17 @@ const synthetic: Record<string, { label: string; options: SynthOptions }> = {
     label: "synthetic Llama-2-7B shape, Q4_K_M",
     options: { shape: "llama2-7b", weightType: "q4_k_m" as SynthOptions["weightType"], seed: 1, vocab: "llama2" },
   },
+  "mistral-7b-relu-q4_0": {
+    label: "synthetic Mistral-7B shape, ReLU FFN at ~90% sparsity, Q4_0",
+    options: {
+      shape: "mistral-7b",
+      weightType: "q4_0",
+      activation: "relu",
+      sparseFfn: { sparsity: 0.9 },
+      seed: 1,
+      vocab: "llama2",
+    },
+  },
 };
 
 /** Ids of every model the benchmarks know. */

@@ -14,7 +14,37 @@
 import { SparrowError, unwrap } from "./errors.ts";
 import { core, lastError } from "./ffi.ts";
 import type { Model } from "./model.ts";
-import { type LayerCalibration, writeSidecar } from "./sidecar_writer.ts";
+import { type LayerCalibration, type PredictorType, predictorTypeIds, writeSidecar } from "./sidecar_writer.ts";
+import { dequantize, quantize } from "../models/ggml_quants.ts";
+import { ActivationRecorder, type ActivationStats, activationStats } from "../models/activation_stats.ts";
+import type { Session } from "./session.ts";
+import type { LlamaHparams } from "./model_desc.ts";
+
+/**
+ * Activation statistics of the first `n` recorded tokens of a ReLU/dReLU model, from the active
+ * sets the engine recorded (not from how the model was made).
+ */
+function measureActivations(session: Session, hp: LlamaHparams, n: number): ActivationStats | undefined {
+  const c = core();
+  const count = Math.min(n, Number(c.sp_capture_count(session.native.pointer)));
+  if (count < 4) return undefined;
+  const rec = new ActivationRecorder(hp.nLayers, hp.ffnDim, hp.activation);
+  const words = Math.ceil(hp.ffnDim / 32);
+  const masks = new Uint32Array(count * words);
+  for (let l = 0; l < hp.nLayers; l++) {
+    unwrap(
+      c.sp_calib_masks(session.native.pointer, l, 0, 0n, BigInt(count), masks),
+      () => lastError(null, session.native.pointer),
+    );
+    for (let t = 0; t < count; t++) rec.observeMask(l, t, masks.subarray(t * words, (t + 1) * words));
+  }
+  return activationStats(rec, { skip: 1 });
+}
+
+/** Replaces `x` by its values after storage as ggml type `type`. */
+function roundTrip(type: number, x: Float32Array): void {
+  if (type !== 0) dequantize(type, quantize(type, x), x.length, x);
+}
 
 /** Options of {@link calibrate}. */
 export interface CalibrateOptions {
@@ -43,8 +73,16 @@ export interface CalibrateOptions {
   valFraction?: number;
   /** Recall the score thresholds aim for. Default 0.95. */
   recall?: number;
+  /**
+   * Storage type of the predictor matrices in the sidecar: "F16" (default), "F32", or "Q8_0" (about
+   * half the bytes of F16 read per token; needs a rank that is a multiple of 32). Thresholds and
+   * recall are computed from the stored values, so they hold for what the engine reads.
+   */
+  predictorType?: PredictorType;
   /** Seed of sampling and training. Default 1. */
   seed?: number;
+  /** ReLU and dReLU models: tokens the activation statistics are measured on. Default 256. */
+  statsTokens?: number;
   /** Progress: stage and how far along it is. */
   onProgress?: (stage: "record" | "train", done: number, total: number, note: string) => void;
 }
@@ -59,6 +97,11 @@ export interface CalibrationReport {
   targets: number[];
   /** Per layer: rank, per-target recall and predicted/active ratio on held-out tokens, losses. */
   layers: { rank: number; recall: number[]; predictedRatio: number[]; trainLoss: number; valLoss: number }[];
+  /**
+   * ReLU and dReLU models: activation statistics of the first `statsTokens` recorded tokens, as the
+   * engine computed them (sparsity, hot/cold skew, overlap between consecutive tokens).
+   */
+  activationStats?: ActivationStats;
   /** Seconds spent recording and training. */
   recordSeconds: number;
   trainSeconds: number;
@@ -90,6 +133,13 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
     throw new SparrowError("invalid_argument", `target sparsities must be in (0, 1): ${targets.join(", ")}`);
   }
   const rank = options.rank ?? Math.min(512, Math.max(16, Math.round(hp.dim / 8 / 16) * 16));
+  const predictorType = options.predictorType ?? "F16";
+  if (!(predictorType in predictorTypeIds)) {
+    throw new SparrowError("invalid_argument", `predictor type '${predictorType}' is not one of F32, F16, Q8_0`);
+  }
+  if (predictorType === "Q8_0" && rank % 32 !== 0) {
+    throw new SparrowError("invalid_argument", `a Q8_0 predictor needs a rank that is a multiple of 32; got ${rank}`);
+  }
   const valFraction = options.valFraction ?? 0.2;
   const recallGoal = options.recall ?? 0.95;
   if (!(recallGoal > 0 && recallGoal <= 1)) {
@@ -144,6 +194,7 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
     }
     const tokens = recorded();
     const recordSeconds = (performance.now() - t0) / 1000;
+    const stats = swiglu ? undefined : measureActivations(session, hp, options.statsTokens ?? 256);
 
     // 2. Per layer.
     const t1 = performance.now();
@@ -188,6 +239,9 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
         ),
         () => lastError(null, native.pointer),
       );
+      // What the engine will read: the matrices after rounding to their storage type.
+      roundTrip(predictorTypeIds[predictorType], fc1);
+      roundTrip(predictorTypeIds[predictorType], fc2);
       const score = new Float32Array(targets.length);
       const recall = new Float32Array(targets.length);
       const ratio = new Float32Array(targets.length);
@@ -247,8 +301,17 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
       targets: finalTargets,
       calibrationTokens: tokens,
       layers,
+      predictorType,
     });
-    return { path: out, tokens, targets: finalTargets, layers: reportLayers, recordSeconds, trainSeconds };
+    return {
+      path: out,
+      tokens,
+      targets: finalTargets,
+      layers: reportLayers,
+      activationStats: stats,
+      recordSeconds,
+      trainSeconds,
+    };
   } finally {
     c.sp_capture_stop(native.pointer);
   }

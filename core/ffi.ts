@@ -75,6 +75,8 @@ const symbols = {
   sp_capture_stop: { parameters: ["pointer"], result: "void" },
   /** i32 sp_calib_cats(Session*, u32 layer, const f32* targets, u64 n, f32* out) */
   sp_calib_cats: { parameters: ["pointer", "u32", "buffer", "u64", "buffer"], result: "i32" },
+  /** i32 sp_calib_masks(Session*, u32 layer, f32 threshold, u64 t0, u64 n, u32* out) */
+  sp_calib_masks: { parameters: ["pointer", "u32", "f32", "u64", "u64", "buffer"], result: "i32" },
   /** i32 sp_calib_frequency(Session*, u32 layer, f32 threshold, f32* out) */
   sp_calib_frequency: { parameters: ["pointer", "u32", "f32", "buffer"], result: "i32" },
   /** i32 sp_calib_train(Session*, u32 layer, const TrainParams*, f32* fc1, f32* fc2, f32* bias, TrainReport* out) */

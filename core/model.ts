@@ -222,16 +222,16 @@ export class Model {
    * synchronously, on first use): reads and checks the sidecar against this model's fingerprint and
    * builds the neuron store.
    *
-   * @param options Sparse settings; only `sidecar` and `sparsity` matter here.
+   * @param options Sparse settings; only `sidecar`, `sparsity` and `downType` matter here.
    * @throws {SparrowError} `bad_model` for a sidecar made for another model or a corrupt one.
    */
-  async prepareSparse(options: Pick<SparseOptions, "sidecar" | "sparsity">): Promise<void> {
+  async prepareSparse(options: Pick<SparseOptions, "sidecar" | "sparsity" | "downType">): Promise<void> {
     const fingerprint = options.sidecar ? await this.fingerprint() : "";
     this.#sparseStore(options, fingerprint);
   }
 
-  #sparseStore(options: Pick<SparseOptions, "sidecar" | "sparsity">, fingerprint?: string): SparseFfn {
-    const key = `${options.sidecar ?? ""}|${options.sparsity ?? ""}`;
+  #sparseStore(options: Pick<SparseOptions, "sidecar" | "sparsity" | "downType">, fingerprint?: string): SparseFfn {
+    const key = `${options.sidecar ?? ""}|${options.sparsity ?? ""}|${options.downType ?? "auto"}`;
     const cached = this.#sparse.get(key);
     if (cached) return cached;
     if (options.sidecar && fingerprint === undefined) {
@@ -249,6 +249,7 @@ export class Model {
       sidecar,
       options.sparsity,
       this.defaults.threads,
+      options.downType,
     );
     this.#sparse.set(key, store);
     return store;

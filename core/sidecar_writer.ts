@@ -37,9 +37,18 @@ export interface SidecarContents {
   targets: number[];
   calibrationTokens: number;
   layers: LayerCalibration[];
-  /** Storage type of the predictor matrices: "F16" (default) or "F32". */
-  predictorType?: "F16" | "F32";
+  /** Storage type of the predictor matrices: "F16" (default), "F32" or "Q8_0" (rank a multiple of 32). */
+  predictorType?: PredictorType;
 }
+
+/** Storage types of predictor matrices. */
+export type PredictorType = "F32" | "F16" | "Q8_0";
+/** Their ggml type ids. */
+export const predictorTypeIds: Record<PredictorType, number> = {
+  F32: QuantType.F32,
+  F16: QuantType.F16,
+  Q8_0: QuantType.Q8_0,
+};
 
 /**
  * Writes the sidecar GGUF.
@@ -74,7 +83,7 @@ export function writeSidecar(path: string, c: SidecarContents): number {
     [sidecarKeys.predictedRatio, gv.f32s(flat((l) => l.predictedRatio))],
     [sidecarKeys.ranks, { type: 9, elemType: 4, value: c.layers.map((l) => l.rank) }],
   ];
-  const type = c.predictorType === "F32" ? QuantType.F32 : QuantType.F16;
+  const type = predictorTypeIds[c.predictorType ?? "F16"];
   const bytesOf = (x: Float32Array) => (type === QuantType.F32 ? new Uint8Array(x.buffer.slice(0)) : quantize(type, x));
   const tensors: TensorToWrite[] = [];
   c.layers.forEach((l, i) => {

@@ -52,7 +52,17 @@ export interface SparseOptions {
   verifyEvery?: number;
   /** Also compute prompt batches sparsely, token by token (evaluation); default false (dense prefill). */
   batches?: boolean;
+  /**
+   * Storage of the transposed down projection that active neurons read: "auto" (default: exact for
+   * f32/f16/bf16 models, Q8_0 for quantized ones), "f16", "q8_0", or "q4_0" (half the bytes of Q8_0
+   * per active neuron, at the price of a second 4-bit rounding of W_down).
+   */
+  downType?: DownType;
 }
+
+/** Storage types of the transposed down projection. */
+export type DownType = "auto" | "f32" | "f16" | "q8_0" | "q4_0";
+const downTypeIds: Record<Exclude<DownType, "auto">, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 8 };
 
 /** The default cluster size, measured on Zen 3 with bench/sparse_bench.ts. */
 export const defaultClusterSize = 16;
@@ -71,10 +81,25 @@ export function encodeSparseConfig(o: SparseOptions): Uint8Array<ArrayBuffer> {
 }
 
 /** ggml type of the transposed down projection for a model whose ffn_down has type `t`. */
-function downTypeFor(t: number): number {
+function downTypeFor(t: number, wanted: DownType = "auto"): number {
+  if (wanted !== "auto") {
+    const id = downTypeIds[wanted];
+    if (id === undefined) {
+      throw new SparrowError(
+        "invalid_argument",
+        `down projection type '${wanted}' is not one of auto, ${Object.keys(downTypeIds).join(", ")}`,
+      );
+    }
+    return id;
+  }
   if (t === 0 || t === 1) return t; // f32, f16: transposed exactly
   if (t === 30) return 0; // bf16: exactly representable in f32
   return 8; // quantized: q8_0, far finer than the 4/5/6-bit source
+}
+
+/** Bytes of one transposed down row of `dim` elements of ggml type `t`. */
+function downRowBytes(t: number, dim: number): number {
+  return t === 0 ? dim * 4 : t === 1 ? dim * 2 : t === 2 ? (dim / 32) * 18 : (dim / 32) * 34;
 }
 
 /** Neurons sorted by activation frequency, most frequent first (ties by index), per layer. */
@@ -121,6 +146,7 @@ export class SparseFfn {
    * @param sidecar Calibration sidecar or PowerInfer file (undefined: oracle mode only, model order).
    * @param sparsity Which calibrated target to use.
    * @param threads Threads used to build the store.
+   * @param downType Storage of the transposed down projection.
    */
   static create(
     model: NativeModel,
@@ -129,9 +155,10 @@ export class SparseFfn {
     sidecar: Sidecar | undefined,
     sparsity: number | undefined,
     threads: number,
+    wantedDownType: DownType = "auto",
   ): SparseFfn {
     checkLayout();
-    const downType = downTypeFor(ffnDownType);
+    const downType = downTypeFor(ffnDownType, wantedDownType);
     const desc = new Uint8Array(layout.desc + hp.nLayers * layout.layerDesc);
     const view = new DataView(desc.buffer);
     view.setUint32(0, layout.version, true);
@@ -167,8 +194,7 @@ export class SparseFfn {
     );
     const ptr = Deno.UnsafePointer.create(out[0]);
     if (ptr === null) throw new SparrowError("internal", "sp_sparse_create returned no handle");
-    const rowBytes = downType === 0 ? hp.dim * 4 : downType === 1 ? hp.dim * 2 : (hp.dim / 32) * 34;
-    return new SparseFfn(ptr, sidecar, rowBytes * hp.ffnDim * hp.nLayers);
+    return new SparseFfn(ptr, sidecar, downRowBytes(downType, hp.dim) * hp.ffnDim * hp.nLayers);
   }
 
   /** The native pointer, or an error once destroyed. */

@@ -206,6 +206,15 @@ export fn sp_calib_frequency(session: *Session, layer: u32, threshold: f32, out:
     return Status.ok.code();
 }
 
+/// Calibration: the active sets of recorded tokens [t0, t0 + n) of `layer` as bit masks, ceil(ffn /
+/// 32) u32 words per token (see train.activeMasks).
+export fn sp_calib_masks(session: *Session, layer: u32, threshold: f32, t0: u64, n: u64, out: [*]u32) i32 {
+    const c = captureOf(session, layer) orelse return Status.invalid_argument.code();
+    if (t0 > c.n or n > c.n - t0) return session.sink.fail(.invalid_argument, "tokens [{d}, {d}) of {d} recorded", .{ t0, t0 + n, c.n }).code();
+    train.activeMasks(c, session.model.hp.activation, layer, threshold, t0, n, out[0 .. n * ((c.ffn + 31) / 32)]);
+    return Status.ok.code();
+}
+
 /// Calibration: trains the predictor of `layer` into fc1 (rank x dim), fc2 (ffn x rank), bias (ffn).
 export fn sp_calib_train(session: *Session, layer: u32, params: *const train.TrainParams, fc1: [*]f32, fc2: [*]f32, bias: [*]f32, report: *train.TrainReport) i32 {
     const c = captureOf(session, layer) orelse return Status.invalid_argument.code();

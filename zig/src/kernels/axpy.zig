@@ -1,55 +1,95 @@
 //! Row axpy: y += c * row, for the transposed down projection of sparse FFNs, where each active
-//! neuron adds its (scaled) column of W_down to the output. The row is dequantized on the fly in
-//! f32 lanes; `axpyReference` is the scalar reference.
+//! neuron adds its (scaled) column of W_down to the output. Rows are dequantized on the fly in f32
+//! lanes. `axpyRows` takes several rows per pass over y, so each 32-element piece of y is loaded and
+//! stored once per group of rows rather than once per row; `axpyReference` is the scalar reference.
 const std = @import("std");
 const DType = @import("dtype.zig").DType;
 const quant = @import("quant.zig");
+const simd = @import("simd.zig");
 
 const lanes = 8;
-const F32x8 = @Vector(lanes, f32);
+const F32x8 = simd.F32x8;
+const qk = quant.qk;
+
+/// Rows per pass over y: 4 rows keep 4 accumulators plus each row's 4 value vectors within AVX2's
+/// 16 registers.
+const group = 4;
 
 /// Types a row of the transposed down projection may have (see sparse/neuron_store.zig).
 pub fn supported(t: DType) bool {
     return switch (t) {
-        .f32, .f16, .q8_0 => true,
+        .f32, .f16, .q8_0, .q4_0 => true,
         else => false,
     };
 }
 
-/// y[0..n] += c * row, `row` of type `t` with `n` elements.
-pub fn axpy(t: DType, row: [*]const u8, c: f32, y: [*]f32, n: usize) void {
+/// One 32-element block of a row: a scale and the values it multiplies.
+const Block = struct { d: f32, v: [4]F32x8 };
+
+inline fn blockAt(comptime t: DType, row: [*]const u8, b: usize) Block {
+    var out: Block = undefined;
     switch (t) {
         .f32 => {
             const r: [*]align(1) const f32 = @ptrCast(row);
-            var i: usize = 0;
-            while (i + lanes <= n) : (i += lanes) {
-                y[i..][0..lanes].* = @mulAdd(F32x8, @splat(c), r[i..][0..lanes].*, y[i..][0..lanes].*);
-            }
-            while (i < n) : (i += 1) y[i] += c * r[i];
+            out.d = 1;
+            inline for (0..4) |k| out.v[k] = r[b * qk + k * lanes ..][0..lanes].*;
         },
         .f16 => {
             const r: [*]align(1) const f16 = @ptrCast(row);
-            var i: usize = 0;
-            while (i + lanes <= n) : (i += lanes) {
-                const h: @Vector(lanes, f16) = r[i..][0..lanes].*;
-                y[i..][0..lanes].* = @mulAdd(F32x8, @splat(c), @floatCast(h), y[i..][0..lanes].*);
+            out.d = 1;
+            inline for (0..4) |k| {
+                const h: @Vector(lanes, f16) = r[b * qk + k * lanes ..][0..lanes].*;
+                out.v[k] = @floatCast(h);
             }
-            while (i < n) : (i += 1) y[i] += c * @as(f32, @floatCast(r[i]));
         },
         .q8_0 => {
-            const blocks: [*]align(1) const quant.BlockQ8_0 = @ptrCast(row);
-            for (0..n / quant.qk) |b| {
-                const cd: F32x8 = @splat(c * @as(f32, @floatCast(blocks[b].d)));
-                const q: @Vector(32, i8) = blocks[b].qs;
-                const f: @Vector(32, f32) = @floatFromInt(q);
-                const out = y[b * quant.qk ..][0..quant.qk];
-                inline for (0..4) |k| {
-                    const part: F32x8 = @as([4]F32x8, @bitCast(f))[k];
-                    out[k * lanes ..][0..lanes].* = @mulAdd(F32x8, cd, part, out[k * lanes ..][0..lanes].*);
-                }
-            }
+            const blk: *align(1) const quant.BlockQ8_0 = @ptrCast(row + b * @sizeOf(quant.BlockQ8_0));
+            out.d = @floatCast(blk.d);
+            const q: @Vector(32, i8) = blk.qs;
+            const f: @Vector(32, f32) = @floatFromInt(q);
+            out.v = @bitCast(f);
         },
+        .q4_0 => {
+            const blk: *align(1) const quant.BlockQ4_0 = @ptrCast(row + b * @sizeOf(quant.BlockQ4_0));
+            out.d = @floatCast(blk.d);
+            const q: @Vector(32, i8) = @bitCast(simd.nibbles(&blk.qs) -% @as(@Vector(32, u8), @splat(8)));
+            const f: @Vector(32, f32) = @floatFromInt(q);
+            out.v = @bitCast(f);
+        },
+        else => unreachable,
+    }
+    return out;
+}
+
+/// y[0..n] += sum_k coeffs[k] * row(rows[k]), rows `row_bytes` apart from `data`, of type `t`, with
+/// `n` (a multiple of 32) elements each.
+pub fn axpyRows(t: DType, data: [*]const u8, row_bytes: usize, rows: []const u32, coeffs: [*]const f32, y: [*]f32, n: usize) void {
+    std.debug.assert(n % qk == 0);
+    switch (t) {
+        inline .f32, .f16, .q8_0, .q4_0 => |tt| axpyRowsOf(tt, data, row_bytes, rows, coeffs, y, n),
         else => unreachable, // checked when the neuron store is built
+    }
+}
+
+fn axpyRowsOf(comptime t: DType, data: [*]const u8, row_bytes: usize, rows: []const u32, coeffs: [*]const f32, y: [*]f32, n: usize) void {
+    var k: usize = 0;
+    while (k + group <= rows.len) : (k += group) pass(t, group, data, row_bytes, rows[k..][0..group], coeffs + k, y, n);
+    while (k < rows.len) : (k += 1) pass(t, 1, data, row_bytes, rows[k..][0..1], coeffs + k, y, n);
+}
+
+inline fn pass(comptime t: DType, comptime g: usize, data: [*]const u8, row_bytes: usize, rows: *const [g]u32, coeffs: [*]const f32, y: [*]f32, n: usize) void {
+    var r: [g][*]const u8 = undefined;
+    inline for (0..g) |i| r[i] = data + @as(usize, rows[i]) * row_bytes;
+    for (0..n / qk) |b| {
+        const out = y[b * qk ..][0..qk];
+        var acc: [4]F32x8 = undefined;
+        inline for (0..4) |j| acc[j] = out[j * lanes ..][0..lanes].*;
+        inline for (0..g) |i| {
+            const blk = blockAt(t, r[i], b);
+            const cd: F32x8 = @splat(coeffs[i] * blk.d);
+            inline for (0..4) |j| acc[j] = @mulAdd(F32x8, cd, blk.v[j], acc[j]);
+        }
+        inline for (0..4) |j| out[j * lanes ..][0..lanes].* = acc[j];
     }
 }
 
@@ -59,30 +99,56 @@ pub fn axpyReference(t: DType, row: [*]const u8, c: f32, y: []f64, scratch: []f3
     for (y, scratch[0..y.len]) |*o, v| o.* += @as(f64, c) * v;
 }
 
-test "axpy matches its scalar reference for every supported type" {
+test "axpyRows matches its scalar reference for every supported type and row count" {
     const gpa = std.testing.allocator;
     var prng = std.Random.DefaultPrng.init(5);
     const rng = prng.random();
     const dot = @import("dot.zig");
-    for ([_]DType{ .f32, .f16, .q8_0 }) |t| {
+    for ([_]DType{ .f32, .f16, .q8_0, .q4_0 }) |t| {
         for ([_]usize{ 32, 96, 576, 4096 }) |n| {
-            const row = try gpa.alloc(u8, t.rowBytes(n).?);
-            defer gpa.free(row);
-            dot.fillRandomRow(rng, t, n, row);
+            const n_rows = 11;
+            const rb = t.rowBytes(n).?;
+            const data = try gpa.alloc(u8, rb * n_rows);
+            defer gpa.free(data);
+            for (0..n_rows) |r| dot.fillRandomRow(rng, t, n, data[r * rb ..][0..rb]);
             const y = try gpa.alloc(f32, n);
             defer gpa.free(y);
             const want = try gpa.alloc(f64, n);
             defer gpa.free(want);
             const scratch = try gpa.alloc(f32, n);
             defer gpa.free(scratch);
-            for (y, want) |*a, *b| {
-                a.* = rng.floatNorm(f32);
-                b.* = a.*;
+            // 0..9 rows: the 4-row groups, the single-row tail, and none at all.
+            for (0..10) |count| {
+                for (y, want) |*a, *b| {
+                    a.* = rng.floatNorm(f32);
+                    b.* = a.*;
+                }
+                var rows: [10]u32 = undefined;
+                var coeffs: [10]f32 = undefined;
+                for (0..count) |k| {
+                    rows[k] = rng.uintLessThan(u32, n_rows);
+                    coeffs[k] = rng.floatNorm(f32);
+                    axpyReference(t, data.ptr + rows[k] * rb, coeffs[k], want, scratch);
+                }
+                axpyRows(t, data.ptr, rb, rows[0..count], &coeffs, y.ptr, n);
+                for (y, want) |got, w| try std.testing.expectApproxEqAbs(w, @as(f64, got), 1e-4 * (@abs(w) + 1));
             }
-            const c: f32 = -1.75;
-            axpy(t, row.ptr, c, y.ptr, n);
-            axpyReference(t, row.ptr, c, want, scratch);
-            for (y, want) |got, w| try std.testing.expectApproxEqAbs(w, @as(f64, got), 1e-5 * (@abs(w) + 1));
         }
+    }
+}
+
+test "quantizeBlockQ4_0 round-trips within one step" {
+    var prng = std.Random.DefaultPrng.init(9);
+    const rng = prng.random();
+    for (0..200) |_| {
+        var x: [qk]f32 = undefined;
+        for (&x) |*v| v.* = rng.floatNorm(f32) * 3;
+        var blk: quant.BlockQ4_0 = undefined;
+        quant.quantizeBlockQ4_0(&x, &blk);
+        var back: [qk]f32 = undefined;
+        quant.dequantizeRow(.q4_0, std.mem.asBytes(&blk), &back);
+        const d: f32 = @abs(@as(f32, @floatCast(blk.d)));
+        // Half a step, except that +max|x| clamps to q = 15 when the extreme value is negative.
+        for (x, back) |a, b| try std.testing.expect(@abs(a - b) <= d + 1e-3 * @abs(a) + 1e-6);
     }
 }

@@ -228,6 +228,25 @@ pub fn quantizeBlockQ8_0(x: *const [qk]f32, out: *align(1) BlockQ8_0) void {
     out.* = .{ .d = @floatCast(d), .qs = qs };
 }
 
+/// Quantizes 32 values into one Q4_0 block by ggml's rule: d = m / -8 where m is the value of
+/// largest magnitude (so m itself maps exactly to q = 0), q = clamp(round-half-up(x / d) + 8, 0, 15).
+/// Used for the transposed down projection of sparse FFNs when the user trades accuracy for size.
+pub fn quantizeBlockQ4_0(x: *const [qk]f32, out: *align(1) BlockQ4_0) void {
+    var m: f32 = 0;
+    for (x) |v| {
+        if (@abs(v) > @abs(m)) m = v;
+    }
+    const d = m / -8.0;
+    const id: f32 = if (d != 0) 1.0 / d else 0;
+    var qs: [16]u8 = undefined;
+    for (0..16) |j| {
+        const lo: u8 = @intFromFloat(@min(15.0, @max(0.0, @floor(x[j] * id + 8.5))));
+        const hi: u8 = @intFromFloat(@min(15.0, @max(0.0, @floor(x[j + 16] * id + 8.5))));
+        qs[j] = lo | (hi << 4);
+    }
+    out.* = .{ .d = @floatCast(d), .qs = qs };
+}
+
 /// Activations for the 32-element weight types, in three arrays: per block the scale d (rounded to
 /// f16 and back, as a Q8_0 block would store it), the sum d*sum(q) (the offset terms of Q4_0/Q5_0 and
 /// the mins of Q4_1/Q5_1 multiply it, once per row instead of once per row and element), and the 32

@@ -24,14 +24,28 @@ pub inline fn dotU8I8(u: U8x32, s: I8x32) I32x8 {
 pub inline fn maddubs(u: U8x32, s: I8x32) I16x16 {
     if (x86.available) return x86.maddubs(u, s);
     const p = @as(@Vector(32, i16), u) * @as(@Vector(32, i16), s);
-    return @shuffle(i16, p, undefined, evens(16)) + @shuffle(i16, p, undefined, odds(16));
+    return @shuffle(i16, p, undefined, evens16) + @shuffle(i16, p, undefined, odds16);
 }
 
 /// Pairwise i16 x i16 products summed to i32.
 pub inline fn maddwd(a: I16x16, b: I16x16) I32x8 {
     if (x86.available) return x86.maddwd(a, b);
     const p = @as(@Vector(16, i32), a) * @as(@Vector(16, i32), b);
-    return @shuffle(i32, p, undefined, evens(8)) + @shuffle(i32, p, undefined, odds(8));
+    return @shuffle(i32, p, undefined, evens8) + @shuffle(i32, p, undefined, odds8);
+}
+
+// Shuffle masks, computed once here: built inside the inline kernels they would count against the
+// comptime branch quota of every unrolled loop that calls them.
+const evens16 = evens(16);
+const odds16 = odds(16);
+const evens8 = evens(8);
+const odds8 = odds(8);
+const groups4 = [4][8]i32{ groupOf4(0), groupOf4(1), groupOf4(2), groupOf4(3) };
+
+fn groupOf4(comptime k: i32) [8]i32 {
+    var out: [8]i32 = undefined;
+    for (&out, 0..) |*o, j| o.* = 4 * @as(i32, @intCast(j)) + k;
+    return out;
 }
 
 fn evens(comptime n: usize) [n]i32 {
@@ -46,10 +60,10 @@ fn odds(comptime n: usize) [n]i32 {
     return out;
 }
 
-/// |a| as bytes (q8_0 weights are -127..127, so it fits u8).
+/// |a| as bytes, to be read as u8 (so |-128| = 128 comes out as the byte 0x80, as on x86).
 pub inline fn absI8(a: I8x32) I8x32 {
     if (x86.available) return x86.signOf(a, a);
-    return @intCast(@abs(a));
+    return @bitCast(@abs(a));
 }
 
 /// b with the sign of a applied (0 where a is 0).
@@ -66,15 +80,8 @@ pub inline fn dotI8I8(a: I8x32, b: I8x32) I32x8 {
 }
 
 inline fn groupsOf4(p: @Vector(32, i32)) I32x8 {
-    const idx = struct {
-        fn of(comptime k: i32) [8]i32 {
-            var out: [8]i32 = undefined;
-            for (&out, 0..) |*o, j| o.* = 4 * @as(i32, @intCast(j)) + k;
-            return out;
-        }
-    };
-    return @shuffle(i32, p, undefined, idx.of(0)) + @shuffle(i32, p, undefined, idx.of(1)) +
-        @shuffle(i32, p, undefined, idx.of(2)) + @shuffle(i32, p, undefined, idx.of(3));
+    return @shuffle(i32, p, undefined, groups4[0]) + @shuffle(i32, p, undefined, groups4[1]) +
+        @shuffle(i32, p, undefined, groups4[2]) + @shuffle(i32, p, undefined, groups4[3]);
 }
 
 /// The 32 4-bit values of a 16-byte block, in element order (low nibbles first).

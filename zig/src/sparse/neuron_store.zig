@@ -5,8 +5,9 @@
 //! neuron's row there is already contiguous.
 //!
 //! The transpose re-encodes W_down along the other axis. Float models keep their values exactly
-//! (f32, f16); quantized models get Q8_0, whose rounding (at most max|x|/254 per 32 values) is far
-//! below the 4-bit or 5-bit rounding the weights already carry.
+//! (f32, f16); quantized models get Q8_0 by default, whose rounding (at most max|x|/254 per 32
+//! values) is far below the 4-bit or 5-bit rounding the weights already carry. Q4_0 halves the
+//! bytes each active neuron reads, at the price of a second 4-bit rounding (the caller's choice).
 const std = @import("std");
 const kernels = @import("kernels");
 const DType = kernels.DType;
@@ -137,6 +138,7 @@ const TransposeJob = struct {
                         std.mem.writeInt(u16, row[(jb * qk + j) * 2 ..][0..2], @bitCast(@as(f16, @floatCast(e))), .little);
                     },
                     .q8_0 => quant.quantizeBlockQ8_0(&v, @ptrCast(row[jb * @sizeOf(quant.BlockQ8_0) ..].ptr)),
+                    .q4_0 => quant.quantizeBlockQ4_0(&v, @ptrCast(row[jb * @sizeOf(quant.BlockQ4_0) ..].ptr)),
                     else => unreachable,
                 }
             }

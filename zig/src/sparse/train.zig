@@ -97,6 +97,20 @@ pub fn neuronFrequency(cap: *const Capture, act: Activation, l: usize, thr: f32,
     for (out) |*o| o.* *= inv;
 }
 
+/// The active set of each recorded token of layer `l` in [t0, t0 + n_tokens) as bits (neuron i is
+/// bit i % 32 of word i / 32, ceil(ffn / 32) words per token): what activation statistics (hot/cold
+/// skew, overlap between tokens) are measured from.
+pub fn activeMasks(cap: *const Capture, act: Activation, l: usize, thr: f32, t0: usize, n_tokens: usize, out: []u32) void {
+    const words = (cap.ffn + 31) / 32;
+    @memset(out[0 .. n_tokens * words], 0);
+    for (0..n_tokens) |k| {
+        const row = out[k * words ..][0..words];
+        for (0..cap.ffn) |i| {
+            if (label(cap, act, l, t0 + k, i, thr)) row[i / 32] |= @as(u32, 1) << @intCast(i % 32);
+        }
+    }
+}
+
 /// The rows of C a pool job computes with one of the three product shapes.
 const GemmJob = struct {
     kind: enum { nt, nn, tn },

@@ -64,8 +64,7 @@ fn sparseMatvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, ro
 
 fn axpyRows(ctx: ?*anyopaque, w: *const api.WeightView, rows: [*]const u32, coeffs: [*]const f32, n: u64, y: [*]f32) callconv(.c) void {
     _ = ctx;
-    const wt: DType = @enumFromInt(w.dtype);
-    for (0..n) |k| kernels.axpy.axpy(wt, w.data + @as(usize, rows[k]) * w.row_bytes, coeffs[k], y, w.n_cols);
+    kernels.axpy.axpyRows(@enumFromInt(w.dtype), w.data, w.row_bytes, rows[0..n], coeffs, y, w.n_cols);
 }
 
 const table = api.BackendApi{
