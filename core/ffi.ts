@@ -9,6 +9,7 @@
  */
 import { SparrowError } from "./errors.ts";
 import { findNativeLibrary } from "./native_lib.ts";
+import { ioSymbols } from "./ffi_io.ts";
 
 /** C ABI version this file speaks (`abi_version` in zig/src/api.zig). */
 export const coreAbiVersion = 1;
@@ -75,6 +76,11 @@ const symbols = {
   sp_capture_stop: { parameters: ["pointer"], result: "void" },
   /** i32 sp_calib_cats(Session*, u32 layer, const f32* targets, u64 n, f32* out) */
   sp_calib_cats: { parameters: ["pointer", "u32", "buffer", "u64", "buffer"], result: "i32" },
+  /** i32 sp_transpose_down(Model*, u32 layer, u32 down_type, u32* perm, u64 perm_len, u8* out, u64 out_len, u32 threads) */
+  sp_transpose_down: {
+    parameters: ["pointer", "u32", "u32", "buffer", "u64", "buffer", "u64", "u32"],
+    result: "i32",
+  },
   /** i32 sp_calib_masks(Session*, u32 layer, f32 threshold, u64 t0, u64 n, u32* out) */
   sp_calib_masks: { parameters: ["pointer", "u32", "f32", "u64", "u64", "buffer"], result: "i32" },
   /** i32 sp_calib_frequency(Session*, u32 layer, f32 threshold, f32* out) */
@@ -108,6 +114,7 @@ const symbols = {
   sp_bench_bytes: { parameters: ["pointer"], result: "u64" },
   /** void sp_bench_destroy(Bench* bench) */
   sp_bench_destroy: { parameters: ["pointer"], result: "void" },
+  ...ioSymbols,
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened core library's symbols. */

@@ -11,6 +11,7 @@ import type { NativeModel } from "./engine.ts";
 import { writeTensor } from "./model_desc.ts";
 import type { LlamaHparams } from "./model_desc.ts";
 import { pickTarget, type Sidecar } from "./sidecar.ts";
+import { hotFirstOrder } from "./neuron_order.ts";
 
 /** Layout of the structs below; checked against the library (`sp_sparse_layout`). */
 const layout = { version: 1, desc: 16, layerDesc: 344, config: 16, statsFields: 8 } as const;
@@ -100,27 +101,6 @@ function downTypeFor(t: number, wanted: DownType = "auto"): number {
 /** Bytes of one transposed down row of `dim` elements of ggml type `t`. */
 function downRowBytes(t: number, dim: number): number {
   return t === 0 ? dim * 4 : t === 1 ? dim * 2 : t === 2 ? (dim / 32) * 18 : (dim / 32) * 34;
-}
-
-/** Neurons sorted by activation frequency, most frequent first (ties by index), per layer. */
-function hotFirstOrder(sidecar: Sidecar, hp: LlamaHparams): Uint32Array<ArrayBuffer> {
-  if (sidecar.neuronFreq.some((t) => t === undefined)) return new Uint32Array(0);
-  const perms = new Uint32Array(hp.nLayers * hp.ffnDim);
-  const file = Deno.openSync(sidecar.path);
-  try {
-    sidecar.neuronFreq.forEach((t, l) => {
-      const buf = new Uint8Array(t!.nBytes);
-      file.seekSync(t!.offset, Deno.SeekMode.Start);
-      let got = 0;
-      while (got < buf.length) got += file.readSync(buf.subarray(got)) ?? Infinity;
-      const freq = new Float32Array(buf.buffer);
-      const order = Array.from({ length: hp.ffnDim }, (_, i) => i).sort((a, b) => freq[b] - freq[a] || a - b);
-      perms.set(order, l * hp.ffnDim);
-    });
-  } finally {
-    file.close();
-  }
-  return perms;
 }
 
 /** Native sparse FFNs for one model (and sidecar operating point), shared by its sessions. */

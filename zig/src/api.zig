@@ -16,6 +16,8 @@ const sparse_desc = @import("sparse/sparse_desc.zig");
 const sparse_ffn = @import("sparse/sparse_ffn.zig");
 const SparseModel = @import("sparse/sparse_model.zig").SparseModel;
 const Capture = @import("sparse/capture.zig").Capture;
+const neuron_store = @import("sparse/neuron_store.zig");
+const ThreadPool = @import("engine/thread_pool.zig").ThreadPool;
 const train = @import("sparse/train.zig");
 const kernel_bench = @import("bench/kernel_bench.zig");
 
@@ -128,6 +130,32 @@ export fn sp_sparse_create(model: *Model, sidecar_path: [*]const u8, sidecar_len
     if (threads == 0 or threads > 256) return global_sink.fail(.invalid_argument, "thread count {d} is outside [1, 256]", .{threads}).code();
     var status_out: Status = .internal;
     out.* = SparseModel.create(allocator, model, sidecar_path[0..sidecar_len], desc_ptr[0..desc_len], perms[0..perms_len], threads, &global_sink, &status_out) catch return status_out.code();
+    return Status.ok.code();
+}
+
+/// Packing: writes layer `layer`'s down projection transposed, rows in `perm` order (ffn u32), as
+/// `down_type` rows into `out` (ffn * row bytes, `out_len` checked): the very bytes a neuron store
+/// built with that order and type holds, so bundles on disk and the in-memory path compute alike.
+export fn sp_transpose_down(model: *Model, layer: u32, down_type: u32, perm: [*]const u32, perm_len: u64, out: [*]u8, out_len: u64, threads: u32) i32 {
+    const hp = model.hp;
+    const t: kernels.DType = @enumFromInt(down_type);
+    if (layer >= hp.n_layers) return global_sink.fail(.invalid_argument, "layer {d} of {d}", .{ layer, hp.n_layers }).code();
+    if (!kernels.axpy.supported(t) or hp.dim % 32 != 0) return global_sink.fail(.unsupported, "a transposed down projection cannot be stored as {s} for dim {d}", .{ t.name(), hp.dim }).code();
+    const row_bytes = t.rowBytes(hp.dim).?;
+    if (perm_len != hp.ffn_dim or out_len < row_bytes * hp.ffn_dim) return global_sink.fail(.invalid_argument, "order of {d} neurons (want {d}), output of {d} bytes (want {d})", .{ perm_len, hp.ffn_dim, out_len, row_bytes * hp.ffn_dim }).code();
+    if (threads == 0 or threads > 256) return global_sink.fail(.invalid_argument, "thread count {d} is outside [1, 256]", .{threads}).code();
+    const seen = allocator.alloc(bool, hp.ffn_dim) catch return global_sink.fail(.out_of_memory, "out of memory", .{}).code();
+    defer allocator.free(seen);
+    @memset(seen, false);
+    for (perm[0..perm_len], 0..) |i, k| {
+        if (i >= hp.ffn_dim or seen[i]) return global_sink.fail(.invalid_argument, "neuron order is not a permutation of 0..{d} (entry {d} = {d})", .{ hp.ffn_dim, k, i }).code();
+        seen[i] = true;
+    }
+    const pool = ThreadPool.init(allocator, threads) catch return global_sink.fail(.out_of_memory, "out of memory", .{}).code();
+    defer pool.deinit();
+    const scratch = allocator.alloc(f32, threads * 32 * hp.ffn_dim) catch return global_sink.fail(.out_of_memory, "out of memory", .{}).code();
+    defer allocator.free(scratch);
+    neuron_store.transposeDown(model, layer, t, perm[0..perm_len], out[0..out_len], pool, scratch);
     return Status.ok.code();
 }
 
@@ -259,8 +287,13 @@ export fn sp_bench_destroy(bench: *kernel_bench.Bench) void {
     bench.destroy();
 }
 
+comptime {
+    _ = @import("api_io.zig"); // the I/O ring's exports
+}
+
 test {
     std.testing.refAllDecls(@This());
     _ = @import("engine/thread_pool.zig");
+    _ = @import("api_io.zig");
     _ = status;
 }

@@ -83,8 +83,7 @@ pub const NeuronStore = struct {
                 inv[i] = @intCast(k);
             }
             const data = try allocator.alignedAlloc(u8, 64, row_bytes * ffn);
-            var job = TransposeJob{ .src = &model.layers[l].ffn_down, .dst = data, .dst_row_bytes = row_bytes, .dst_type = down_type, .perm = perm, .scratch = scratch, .ffn = ffn };
-            pool.run(&job, TransposeJob.run, hp.dim / quant.qk, 1);
+            transposeDown(model, l, down_type, perm, data, pool, scratch);
             layer.* = .{
                 .down_t = .{ .data = data.ptr, .row_bytes = row_bytes, .n_cols = hp.dim, .n_rows = ffn, .dtype = @intFromEnum(down_type) },
                 .perm = perm,
@@ -109,6 +108,17 @@ pub const NeuronStore = struct {
         a.free(l.inv);
     }
 };
+
+/// Writes layer `l`'s W_down transposed, rows in `perm` order, as `down_type` rows (ffn of them,
+/// rowBytes(dim) each) into `out`: the bytes the neuron store holds, and what bundle packing writes.
+/// `scratch` holds pool.threadCount() * 32 * ffn floats.
+pub fn transposeDown(model: *const Model, l: usize, down_type: DType, perm: []const u32, out: []u8, pool: *ThreadPool, scratch: []f32) void {
+    const hp = model.hp;
+    const row_bytes = down_type.rowBytes(hp.dim).?;
+    std.debug.assert(out.len >= row_bytes * hp.ffn_dim and perm.len == hp.ffn_dim and scratch.len >= pool.threadCount() * quant.qk * hp.ffn_dim);
+    var job = TransposeJob{ .src = &model.layers[l].ffn_down, .dst = out, .dst_row_bytes = row_bytes, .dst_type = down_type, .perm = perm, .scratch = scratch, .ffn = hp.ffn_dim };
+    pool.run(&job, TransposeJob.run, hp.dim / quant.qk, 1);
+}
 
 /// One item = 32 rows of W_down (32 columns of the transpose): dequantize them, then write that
 /// 32-element block of every neuron's transposed row.
