@@ -65,10 +65,12 @@ export interface CalibrateOptions {
   /** Loss weight of "fires" examples (recall over precision), objective "classify" only. Default 4. */
   posWeight?: number;
   /**
-   * What the predictor learns: "regress" the gate value itself (default; one predictor ranks neurons
-   * for every target), or "classify" fires / does not fire at the loosest target.
+   * How the predictor is made: "regress" learns the gate value itself (default; one predictor ranks
+   * neurons for every target), "classify" learns fires / does not fire at the loosest target, and
+   * "subspace" trains nothing: the score is the gate's best rank-r reconstruction from the
+   * calibration activations (PCA of the captured gate vectors; a linear predictor).
    */
-  objective?: "regress" | "classify";
+  objective?: "regress" | "classify" | "subspace";
   /** Share of recorded tokens held out to choose thresholds and report recall. Default 0.2. */
   valFraction?: number;
   /** Recall the score thresholds aim for. Default 0.95. */
@@ -108,6 +110,7 @@ export interface CalibrationReport {
 }
 
 const trainParamsBytes = 40;
+const objectiveIds = { classify: 0, regress: 1, subspace: 2 } as const;
 
 /**
  * Calibrates sparse FFNs for `model` and writes the sidecar to `out`.
@@ -134,6 +137,13 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
   }
   const rank = options.rank ?? Math.min(512, Math.max(16, Math.round(hp.dim / 8 / 16) * 16));
   const predictorType = options.predictorType ?? "F16";
+  if (!((options.objective ?? "regress") in objectiveIds)) {
+    throw new SparrowError(
+      "invalid_argument",
+      `objective '${options.objective}' is not one of regress, classify, subspace`,
+    );
+  }
+  const linear = options.objective === "subspace";
   if (!(predictorType in predictorTypeIds)) {
     throw new SparrowError("invalid_argument", `predictor type '${predictorType}' is not one of F32, F16, Q8_0`);
   }
@@ -222,7 +232,7 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
       params.setFloat32(20, options.posWeight ?? 4, true);
       params.setFloat32(24, valFraction, true);
       params.setFloat32(28, labelThreshold, true);
-      params.setUint32(32, options.objective === "classify" ? 0 : 1, true);
+      params.setUint32(32, objectiveIds[options.objective ?? "regress"], true);
       const fc1 = new Float32Array(rank * hp.dim);
       const fc2 = new Float32Array(hp.ffnDim * rank);
       const bias = new Float32Array(hp.ffnDim);
@@ -253,6 +263,7 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
           fc2,
           bias,
           rank,
+          linear,
           valFraction,
           cats,
           BigInt(targets.length),
@@ -302,6 +313,7 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
       calibrationTokens: tokens,
       layers,
       predictorType,
+      linearPredictor: linear,
     });
     return {
       path: out,

@@ -12,7 +12,7 @@ import { findNativeLibrary } from "./native_lib.ts";
 import { ioSymbols } from "./ffi_io.ts";
 
 /** C ABI version this file speaks (`abi_version` in zig/src/api.zig). */
-export const coreAbiVersion = 1;
+export const coreAbiVersion = 2;
 /** Plugin table version (`api_version` in zig/src/backend_api.zig). */
 export const pluginApiVersion = 2;
 /** Model description version (`desc_version` in zig/src/engine/model_desc.zig). */
@@ -81,13 +81,37 @@ const symbols = {
     parameters: ["pointer", "u32", "u32", "buffer", "u64", "buffer", "u64", "u32"],
     result: "i32",
   },
+  /** i32 sp_sparse_create_offloaded(Model*, sidecar path, len, desc, len, u32* perms, u64 n, bundles path, len, offload desc, len, SparseModel** out) */
+  sp_sparse_create_offloaded: {
+    parameters: [
+      "pointer",
+      "buffer",
+      "u64",
+      "buffer",
+      "u64",
+      "buffer",
+      "u64",
+      "buffer",
+      "u64",
+      "buffer",
+      "u64",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  /** i32 sp_sparse_load_hot(SparseModel*, u32 layer) */
+  sp_sparse_load_hot: { parameters: ["pointer", "u32"], result: "i32" },
+  /** i64 sp_sparse_io_method(SparseModel*, u8* note, u64 cap, u32* method): note length, -1 when in memory */
+  sp_sparse_io_method: { parameters: ["pointer", "buffer", "u64", "buffer"], result: "i64" },
+  /** u64 sp_sparse_cache_bytes(SparseModel*) */
+  sp_sparse_cache_bytes: { parameters: ["pointer"], result: "u64" },
   /** i32 sp_calib_masks(Session*, u32 layer, f32 threshold, u64 t0, u64 n, u32* out) */
   sp_calib_masks: { parameters: ["pointer", "u32", "f32", "u64", "u64", "buffer"], result: "i32" },
   /** i32 sp_calib_frequency(Session*, u32 layer, f32 threshold, f32* out) */
   sp_calib_frequency: { parameters: ["pointer", "u32", "f32", "buffer"], result: "i32" },
   /** i32 sp_calib_train(Session*, u32 layer, const TrainParams*, f32* fc1, f32* fc2, f32* bias, TrainReport* out) */
   sp_calib_train: { parameters: ["pointer", "u32", "buffer", "buffer", "buffer", "buffer", "buffer"], result: "i32" },
-  /** i32 sp_calib_thresholds(Session*, u32 layer, fc1, fc2, bias, u32 rank, f32 val_fraction, const f32* label_thr, u64 n, f32 recall, f32* score, f32* recall, f32* ratio) */
+  /** i32 sp_calib_thresholds(Session*, u32 layer, fc1, fc2, bias, u32 rank, bool linear, f32 val_fraction, const f32* label_thr, u64 n, f32 recall, f32* score, f32* recall, f32* ratio) */
   sp_calib_thresholds: {
     parameters: [
       "pointer",
@@ -96,6 +120,7 @@ const symbols = {
       "buffer",
       "buffer",
       "u32",
+      "bool",
       "f32",
       "buffer",
       "u64",
@@ -132,6 +157,22 @@ let opened: { lib: Deno.DynamicLibrary<typeof symbols>; path: string } | undefin
 export function core(): CoreSymbols {
   if (opened) return opened.lib.symbols;
   const path = findNativeLibrary("sparrow_core");
+  // The version first, through a table of one symbol: a library built from older sources may lack
+  // symbols of the full table, and then the user should read "rebuild", not "symbol not found".
+  let version: number;
+  try {
+    const probe = Deno.dlopen(path, { sp_abi_version: symbols.sp_abi_version });
+    version = probe.symbols.sp_abi_version();
+    probe.close();
+  } catch (e) {
+    throw new SparrowError("native_library_missing", `cannot load ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  if (version !== coreAbiVersion) {
+    throw new SparrowError(
+      "abi_mismatch",
+      `${path} speaks ABI version ${version}, this TypeScript ${coreAbiVersion}; rebuild it with \`zig build -Doptimize=ReleaseFast\` in zig/`,
+    );
+  }
   let lib: Deno.DynamicLibrary<typeof symbols>;
   try {
     lib = Deno.dlopen(path, symbols);

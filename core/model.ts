@@ -25,6 +25,12 @@ import { type Tokenizer, tokenizerFromGguf } from "./tokenizer.ts";
 import { encodeSparseConfig, SparseFfn, type SparseOptions } from "./sparse.ts";
 import { readSidecar } from "./sidecar.ts";
 import { modelFingerprint } from "./model_fingerprint.ts";
+import { buildOffload, type OffloadOptions, type OffloadReport } from "./offload.ts";
+
+/** Which prepared sparse FFNs a set of options means. */
+function sparseKey(o: Pick<SparseOptions, "sidecar" | "sparsity" | "downType" | "bundles">): string {
+  return `${o.sidecar ?? ""}|${o.sparsity ?? ""}|${o.bundles ? `bundles:${o.bundles}` : (o.downType ?? "auto")}`;
+}
 
 /** Options of {@link loadModel}; session defaults can be overridden per session. */
 export interface LoadModelOptions {
@@ -174,6 +180,11 @@ export class Model {
     this.defaults = defaults;
   }
 
+  /** @internal The native model, for packing neuron bundles (core/pack.ts reads its transposed down rows). */
+  get native(): NativeModel {
+    return this.#native;
+  }
+
   /**
    * Opens a session (KV cache, scratch, thread pool) on this model.
    *
@@ -230,10 +241,50 @@ export class Model {
     this.#sparseStore(options, fingerprint);
   }
 
-  #sparseStore(options: Pick<SparseOptions, "sidecar" | "sparsity" | "downType">, fingerprint?: string): SparseFfn {
-    const key = `${options.sidecar ?? ""}|${options.sparsity ?? ""}|${options.downType ?? "auto"}`;
+  /**
+   * Prepares offloaded sparse FFNs: the FFN neurons are read from a bundle file (`sparrow pack`)
+   * into a cache that fits `options.memory` together with everything else (core/memory_budget.ts),
+   * through an io_uring ring (or a fallback). Sessions then use them with
+   * `sparse: { mode: "predictor", sidecar, bundles }`, one session at a time.
+   *
+   * @param options Files, budget and I/O settings.
+   * @returns The budget's split, the I/O method and the time the hot region took to read.
+   * @throws {SparrowError} `bad_model` for files that do not belong together, `invalid_argument` for
+   * a budget too small (the message gives the minimum), `io` for failed reads.
+   */
+  async prepareOffload(options: OffloadOptions): Promise<OffloadReport> {
+    const key = sparseKey({ ...options, downType: undefined });
+    const existing = this.#sparse.get(key);
+    if (existing) {
+      throw new SparrowError("invalid_argument", `offloaded FFNs from ${options.bundles} are already prepared`);
+    }
+    const { store, report } = await buildOffload({
+      native: this.#native,
+      path: this.info.path,
+      gguf: this.gguf,
+      hparams: this.info.hparams,
+      tiedEmbeddings: this.info.tiedEmbeddings,
+      fingerprint: await this.fingerprint(),
+      contextLength: this.defaults.contextLength,
+      batchSize: this.defaults.batchSize,
+    }, options);
+    this.#sparse.set(key, store);
+    return report;
+  }
+
+  #sparseStore(
+    options: Pick<SparseOptions, "sidecar" | "sparsity" | "downType" | "bundles">,
+    fingerprint?: string,
+  ): SparseFfn {
+    const key = sparseKey(options);
     const cached = this.#sparse.get(key);
     if (cached) return cached;
+    if (options.bundles) {
+      throw new SparrowError(
+        "invalid_argument",
+        `call \`await model.prepareOffload({ sidecar, bundles: "${options.bundles}", memory })\` before creating a session with bundles`,
+      );
+    }
     if (options.sidecar && fingerprint === undefined) {
       throw new SparrowError(
         "invalid_argument",

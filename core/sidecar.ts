@@ -37,6 +37,7 @@ export const sidecarKeys = {
   recall: "sparrow.sparsity.recall",
   predictedRatio: "sparrow.sparsity.predicted_ratio",
   ranks: "sparrow.predictor.ranks",
+  linearPredictor: "sparrow.predictor.linear",
   calibrationTokens: "sparrow.calibration.tokens",
 } as const;
 
@@ -68,6 +69,8 @@ export interface Sidecar {
   neuronFreq: (GgufTensorInfo | undefined)[];
   /** Calibrated operating points (PowerInfer files: one, from sparse_threshold). */
   targets: SparsityTarget[];
+  /** The predictors have no relu between fc1 and fc2 (calibration's subspace fit). */
+  linearPredictor: boolean;
 }
 
 function fail(path: string, what: string): never {
@@ -143,6 +146,7 @@ export function readSidecar(path: string, hp: LlamaHparams, fingerprint: string)
       gguf: g,
       predictors,
       neuronFreq: new Array(n).fill(undefined),
+      linearPredictor: false,
       targets: [{
         sparsity: NaN,
         catsThresholds: new Float32Array(n),
@@ -199,7 +203,9 @@ export function readSidecar(path: string, hp: LlamaHparams, fingerprint: string)
     recall: recall.subarray(t * n, (t + 1) * n),
     predictedRatio: ratio.subarray(t * n, (t + 1) * n),
   }));
-  return { path, format: "sparrow", gguf: g, predictors, neuronFreq, targets };
+  const linear = g.metadata.get(sidecarKeys.linearPredictor) ?? false;
+  if (typeof linear !== "boolean") fail(path, `'${sidecarKeys.linearPredictor}' is not a bool`);
+  return { path, format: "sparrow", gguf: g, predictors, neuronFreq, targets, linearPredictor: linear };
 }
 
 /**

@@ -37,6 +37,8 @@ export interface SidecarContents {
   targets: number[];
   calibrationTokens: number;
   layers: LayerCalibration[];
+  /** The predictors have no relu between fc1 and fc2 (subspace fit). Default false. */
+  linearPredictor?: boolean;
   /** Storage type of the predictor matrices: "F16" (default), "F32" or "Q8_0" (rank a multiple of 32). */
   predictorType?: PredictorType;
 }
@@ -82,6 +84,7 @@ export function writeSidecar(path: string, c: SidecarContents): number {
     [sidecarKeys.recall, gv.f32s(flat((l) => l.recall))],
     [sidecarKeys.predictedRatio, gv.f32s(flat((l) => l.predictedRatio))],
     [sidecarKeys.ranks, { type: 9, elemType: 4, value: c.layers.map((l) => l.rank) }],
+    [sidecarKeys.linearPredictor, gv.bool(c.linearPredictor ?? false)],
   ];
   const type = predictorTypeIds[c.predictorType ?? "F16"];
   const bytesOf = (x: Float32Array) => (type === QuantType.F32 ? new Uint8Array(x.buffer.slice(0)) : quantize(type, x));

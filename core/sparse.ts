@@ -12,9 +12,12 @@ import { writeTensor } from "./model_desc.ts";
 import type { LlamaHparams } from "./model_desc.ts";
 import { pickTarget, type Sidecar } from "./sidecar.ts";
 import { hotFirstOrder } from "./neuron_order.ts";
+import type { BundleFile } from "./bundle_format.ts";
 
 /** Layout of the structs below; checked against the library (`sp_sparse_layout`). */
-const layout = { version: 1, desc: 16, layerDesc: 344, config: 16, statsFields: 8 } as const;
+const layout = { version: 2, desc: 16, layerDesc: 352, config: 16, statsFields: 13 } as const;
+/** Layout of the offload description (zig/src/offload/offload_desc.zig). */
+const offloadLayout = { version: 1, desc: 56, layerDesc: 16 } as const;
 
 let layoutChecked = false;
 function checkLayout(): void {
@@ -54,6 +57,11 @@ export interface SparseOptions {
   /** Also compute prompt batches sparsely, token by token (evaluation); default false (dense prefill). */
   batches?: boolean;
   /**
+   * Offloaded FFNs: the bundle file (`sparrow pack`) prepared with `model.prepareOffload`. Prompts
+   * then take the sparse path too, and only predictor mode runs.
+   */
+  bundles?: string;
+  /**
    * Storage of the transposed down projection that active neurons read: "auto" (default: exact for
    * f32/f16/bf16 models, Q8_0 for quantized ones), "f16", "q8_0", or "q4_0" (half the bytes of Q8_0
    * per active neuron, at the price of a second 4-bit rounding of W_down).
@@ -81,8 +89,16 @@ export function encodeSparseConfig(o: SparseOptions): Uint8Array<ArrayBuffer> {
   return new Uint8Array(Uint32Array.from([modeIds[o.mode], cluster, verify, o.batches ? 1 : 0]).buffer);
 }
 
-/** ggml type of the transposed down projection for a model whose ffn_down has type `t`. */
-function downTypeFor(t: number, wanted: DownType = "auto"): number {
+/**
+ * ggml type of the transposed down projection for a model whose ffn_down has type `t`: the type the
+ * in-memory neuron store keeps, and the type `sparrow pack` writes into bundles (core/pack.ts).
+ *
+ * @param t ggml type id of the model's `ffn_down` tensors.
+ * @param wanted The storage asked for; "auto" picks exact for float models, Q8_0 for quantized ones.
+ * @returns The ggml type id of the transposed rows.
+ * @throws {SparrowError} `invalid_argument` for a `wanted` type that is not a {@link DownType}.
+ */
+export function downTypeFor(t: number, wanted: DownType = "auto"): number {
   if (wanted !== "auto") {
     const id = downTypeIds[wanted];
     if (id === undefined) {
@@ -101,6 +117,32 @@ function downTypeFor(t: number, wanted: DownType = "auto"): number {
 /** Bytes of one transposed down row of `dim` elements of ggml type `t`. */
 function downRowBytes(t: number, dim: number): number {
   return t === 0 ? dim * 4 : t === 1 ? dim * 2 : t === 2 ? (dim / 32) * 18 : (dim / 32) * 34;
+}
+
+/** The native description of sparse FFNs (zig/src/sparse/sparse_desc.zig). */
+function encodeSparseDesc(
+  hp: LlamaHparams,
+  downType: number,
+  sidecar: Sidecar | undefined,
+  sparsity: number | undefined,
+): Uint8Array<ArrayBuffer> {
+  const desc = new Uint8Array(layout.desc + hp.nLayers * layout.layerDesc);
+  const view = new DataView(desc.buffer);
+  view.setUint32(0, layout.version, true);
+  view.setUint32(4, hp.nLayers, true);
+  view.setUint32(8, downType, true);
+  const target = sidecar ? pickTarget(sidecar, sparsity) : undefined;
+  for (let l = 0; l < hp.nLayers; l++) {
+    const at = layout.desc + l * layout.layerDesc;
+    const p = sidecar?.predictors[l];
+    writeTensor(view, at, p?.fc1);
+    writeTensor(view, at + 112, p?.fc2);
+    writeTensor(view, at + 224, p?.bias);
+    view.setFloat32(at + 336, target?.scoreThresholds[l] ?? 0, true);
+    view.setFloat32(at + 340, target?.catsThresholds[l] ?? 0, true);
+    view.setUint32(at + 344, sidecar?.linearPredictor ? 1 : 0, true);
+  }
+  return desc;
 }
 
 /** Native sparse FFNs for one model (and sidecar operating point), shared by its sessions. */
@@ -139,21 +181,7 @@ export class SparseFfn {
   ): SparseFfn {
     checkLayout();
     const downType = downTypeFor(ffnDownType, wantedDownType);
-    const desc = new Uint8Array(layout.desc + hp.nLayers * layout.layerDesc);
-    const view = new DataView(desc.buffer);
-    view.setUint32(0, layout.version, true);
-    view.setUint32(4, hp.nLayers, true);
-    view.setUint32(8, downType, true);
-    const target = sidecar ? pickTarget(sidecar, sparsity) : undefined;
-    for (let l = 0; l < hp.nLayers; l++) {
-      const at = layout.desc + l * layout.layerDesc;
-      const p = sidecar?.predictors[l];
-      writeTensor(view, at, p?.fc1);
-      writeTensor(view, at + 112, p?.fc2);
-      writeTensor(view, at + 224, p?.bias);
-      view.setFloat32(at + 336, target?.scoreThresholds[l] ?? 0, true);
-      view.setFloat32(at + 340, target?.catsThresholds[l] ?? 0, true);
-    }
+    const desc = encodeSparseDesc(hp, downType, sidecar, sparsity);
     const perms = sidecar ? hotFirstOrder(sidecar, hp) : new Uint32Array(0);
     const path = new TextEncoder().encode(sidecar?.path ?? "");
     const out = new BigUint64Array(1);
@@ -175,6 +203,110 @@ export class SparseFfn {
     const ptr = Deno.UnsafePointer.create(out[0]);
     if (ptr === null) throw new SparrowError("internal", "sp_sparse_create returned no handle");
     return new SparseFfn(ptr, sidecar, downRowBytes(downType, hp.dim) * hp.ffnDim * hp.nLayers);
+  }
+
+  /**
+   * Builds offloaded sparse FFNs: the neurons come from a bundle file (`sparrow pack`) through the
+   * I/O ring into a cache of `plan.hotPerLayer` pinned top-ranked neurons per layer and
+   * `plan.coldSlots` LRU slots. The hot region is empty until {@link loadHot} fills it.
+   *
+   * @param model The native model.
+   * @param hp Its hyperparameters.
+   * @param sidecar The calibration sidecar the bundle file was packed with (its predictors choose).
+   * @param sparsity Which calibrated target to use.
+   * @param bundles The checked bundle file.
+   * @param plan The cache's split (core/memory_budget.ts).
+   * @param io Ring settings: method id (0xffffffff = best available), reads in flight, O_DIRECT.
+   */
+  static createOffloaded(
+    model: NativeModel,
+    hp: LlamaHparams,
+    sidecar: Sidecar,
+    sparsity: number | undefined,
+    bundles: BundleFile,
+    plan: { hotPerLayer: number; coldSlots: number },
+    io: { method: number; queueDepth: number; direct: boolean },
+  ): SparseFfn {
+    checkLayout();
+    const lay = bundles.layout;
+    if (lay.twoPhase) {
+      throw new SparrowError(
+        "unsupported",
+        `${bundles.path} is a two-phase bundle file; this engine reads single-phase ones (sparrow pack without --two-phase)`,
+      );
+    }
+    const region = lay.regions[0];
+    const partOffset = (kind: "gate" | "up" | "down") => region.parts.find((p) => p.kind === kind)!.offset;
+    if (
+      partOffset("gate") !== 0 || partOffset("up") !== lay.gate.bytes ||
+      partOffset("down") !== lay.gate.bytes + lay.up.bytes
+    ) {
+      throw new SparrowError("bad_model", `${bundles.path}: bundle parts are not in gate, up, down order`);
+    }
+    const desc = encodeSparseDesc(hp, lay.down.type, sidecar, sparsity);
+    const od = new Uint8Array(offloadLayout.desc + hp.nLayers * offloadLayout.layerDesc);
+    const v = new DataView(od.buffer);
+    [
+      offloadLayout.version,
+      hp.nLayers,
+      lay.gate.type,
+      lay.up.type,
+      lay.down.type,
+      lay.gate.bytes,
+      lay.up.bytes,
+      lay.down.bytes,
+      region.stride,
+      plan.coldSlots,
+      io.method,
+      io.queueDepth,
+      io.direct ? 1 : 0,
+      0,
+    ].forEach((x, i) => v.setUint32(4 * i, x, true));
+    const perms = new Uint32Array(hp.nLayers * hp.ffnDim);
+    bundles.layers.forEach((layer, l) => {
+      const at = offloadLayout.desc + l * offloadLayout.layerDesc;
+      v.setBigUint64(at, BigInt(layer.regions[0].offset), true);
+      v.setUint32(at + 8, plan.hotPerLayer, true);
+      perms.set(layer.order, l * hp.ffnDim);
+    });
+    const sidecarPath = new TextEncoder().encode(sidecar.path);
+    const bundlesPath = new TextEncoder().encode(bundles.path);
+    const out = new BigUint64Array(1);
+    unwrap(
+      core().sp_sparse_create_offloaded(
+        model.pointer,
+        sidecarPath,
+        BigInt(sidecarPath.length),
+        desc,
+        BigInt(desc.length),
+        new Uint8Array(perms.buffer),
+        BigInt(perms.length),
+        bundlesPath,
+        BigInt(bundlesPath.length),
+        od,
+        BigInt(od.length),
+        new Uint8Array(out.buffer),
+      ),
+      () => lastError(null, null),
+    );
+    const ptr = Deno.UnsafePointer.create(out[0]);
+    if (ptr === null) throw new SparrowError("internal", "sp_sparse_create_offloaded returned no handle");
+    return new SparseFfn(ptr, sidecar, Number(core().sp_sparse_cache_bytes(ptr)));
+  }
+
+  /** Offloaded: reads layer `layer`'s hot neurons into the cache. */
+  loadHot(layer: number): void {
+    unwrap(core().sp_sparse_load_hot(this.pointer, layer), () => lastError(null, null));
+  }
+
+  /** Offloaded: the I/O method the ring uses and why (undefined when in memory). */
+  ioMethod(): { method: "io_uring" | "pread_pool" | "mmap"; note: string } | undefined {
+    const buf = new Uint8Array(512);
+    const method = new Uint32Array(1);
+    const n = Number(core().sp_sparse_io_method(this.pointer, buf, BigInt(buf.length), new Uint8Array(method.buffer)));
+    if (n < 0) return undefined;
+    const names = ["io_uring", "pread_pool", "mmap"] as const;
+    return { method: names[method[0]], note: new TextDecoder().decode(buf.subarray(0, Math.min(n, buf.length))) };
   }
 
   /** The native pointer, or an error once destroyed. */
@@ -213,6 +345,14 @@ export interface LayerSparseStats {
   /** On those tokens: truly active neurons, and how many of them were candidates. */
   trueActive: number;
   truePositive: number;
+  /** Offloaded FFNs: candidates found in the hot region, in the cold region, and read from disk. */
+  hotHits: number;
+  coldHits: number;
+  misses: number;
+  /** Offloaded FFNs: bytes read from the bundle file. */
+  readBytes: number;
+  /** Offloaded FFNs: nanoseconds spent waiting on reads while no thread computed. */
+  ioStallNs: number;
 }
 
 /** Summary over layers. */
@@ -227,6 +367,14 @@ export interface SparseStats {
   candidatesPerActive: number;
   /** Mean FFN weight bytes read per token, all layers. */
   bytesPerToken: number;
+  /** Offloaded FFNs: share of candidates served from memory (hot or cold region); NaN otherwise. */
+  hitRate: number;
+  /** Offloaded FFNs: hot-region hits / all candidates. */
+  hotHitRate: number;
+  /** Offloaded FFNs: mean bytes read from disk per token. */
+  readBytesPerToken: number;
+  /** Offloaded FFNs: mean milliseconds per token spent waiting on reads with no thread computing. */
+  ioStallMsPerToken: number;
 }
 
 /** Decodes the flat counters of `sp_session_sparse_stats`. */
@@ -243,17 +391,27 @@ export function summarizeSparseStats(flat: BigUint64Array, nLayers: number, ffnD
       verifiedTokens: v[5],
       trueActive: v[6],
       truePositive: v[7],
+      hotHits: v[8],
+      coldHits: v[9],
+      misses: v[10],
+      readBytes: v[11],
+      ioStallNs: v[12],
     });
   }
   const sum = (f: (s: LayerSparseStats) => number) => layers.reduce((a, s) => a + f(s), 0);
   const neuronTokens = sum((s) => s.tokens) * ffnDim;
   const tokens = layers[0]?.tokens ?? 0;
+  const lookups = sum((s) => s.hotHits + s.coldHits + s.misses);
   return {
     layers,
     sparsity: neuronTokens ? 1 - sum((s) => s.active) / neuronTokens : NaN,
     recall: sum((s) => s.trueActive) ? sum((s) => s.truePositive) / sum((s) => s.trueActive) : NaN,
     candidatesPerActive: sum((s) => s.active) ? sum((s) => s.candidates) / sum((s) => s.active) : NaN,
     bytesPerToken: tokens ? sum((s) => s.bytes) / tokens : NaN,
+    hitRate: lookups ? (sum((s) => s.hotHits) + sum((s) => s.coldHits)) / lookups : NaN,
+    hotHitRate: lookups ? sum((s) => s.hotHits) / lookups : NaN,
+    readBytesPerToken: tokens ? sum((s) => s.readBytes) / tokens : NaN,
+    ioStallMsPerToken: tokens ? sum((s) => s.ioStallNs) / 1e6 / tokens : NaN,
   };
 }
 

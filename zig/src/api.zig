@@ -14,11 +14,14 @@ const Session = session_mod.Session;
 const forward = @import("engine/forward.zig");
 const sparse_desc = @import("sparse/sparse_desc.zig");
 const sparse_ffn = @import("sparse/sparse_ffn.zig");
-const SparseModel = @import("sparse/sparse_model.zig").SparseModel;
+const sparse_model = @import("sparse/sparse_model.zig");
+const SparseModel = sparse_model.SparseModel;
+const offload_desc = @import("offload/offload_desc.zig");
 const Capture = @import("sparse/capture.zig").Capture;
 const neuron_store = @import("sparse/neuron_store.zig");
 const ThreadPool = @import("engine/thread_pool.zig").ThreadPool;
 const train = @import("sparse/train.zig");
+const subspace_fit = @import("sparse/subspace_fit.zig");
 const kernel_bench = @import("bench/kernel_bench.zig");
 
 const Status = status.Status;
@@ -28,7 +31,7 @@ threadlocal var global_sink: status.ErrorSink = .{};
 
 /// Version of this C ABI (the functions below and the structs they take). core/ffi.ts refuses a
 /// library whose number differs, which catches a stale build after an update.
-pub const abi_version: u32 = 1;
+pub const abi_version: u32 = 2;
 
 export fn sp_abi_version() u32 {
     return abi_version;
@@ -129,8 +132,53 @@ export fn sp_sparse_create(model: *Model, sidecar_path: [*]const u8, sidecar_len
     out.* = null;
     if (threads == 0 or threads > 256) return global_sink.fail(.invalid_argument, "thread count {d} is outside [1, 256]", .{threads}).code();
     var status_out: Status = .internal;
-    out.* = SparseModel.create(allocator, model, sidecar_path[0..sidecar_len], desc_ptr[0..desc_len], perms[0..perms_len], threads, &global_sink, &status_out) catch return status_out.code();
+    out.* = SparseModel.create(allocator, model, sidecar_path[0..sidecar_len], desc_ptr[0..desc_len], perms[0..perms_len], threads, null, &global_sink, &status_out) catch return status_out.code();
     return Status.ok.code();
+}
+
+/// Builds offloaded sparse FFNs: as sp_sparse_create, but the FFN neurons come from the bundle file
+/// at `bundles_path`, described by `offload` (an OffloadDesc followed by one LayerOffloadDesc per
+/// layer), with `perms` the file's hot-first orders. The neuron cache is allocated and the ring
+/// opened; sp_sparse_load_hot then fills the hot region layer by layer.
+export fn sp_sparse_create_offloaded(model: *Model, sidecar_path: [*]const u8, sidecar_len: u64, desc_ptr: [*]const u8, desc_len: u64, perms: [*]const u32, perms_len: u64, bundles_path: [*]const u8, bundles_len: u64, offload_ptr: [*]const u8, offload_len: u64, out: *?*SparseModel) i32 {
+    out.* = null;
+    const od_size = @sizeOf(offload_desc.OffloadDesc);
+    const ld_size = @sizeOf(offload_desc.LayerOffloadDesc);
+    if (offload_len < od_size or (offload_len - od_size) % ld_size != 0) return global_sink.fail(.invalid_argument, "offload description of {d} bytes", .{offload_len}).code();
+    var od: offload_desc.OffloadDesc = undefined;
+    @memcpy(std.mem.asBytes(&od), offload_ptr[0..od_size]);
+    const n = (offload_len - od_size) / ld_size;
+    const lds = allocator.alloc(offload_desc.LayerOffloadDesc, n) catch return global_sink.fail(.out_of_memory, "out of memory", .{}).code();
+    defer allocator.free(lds);
+    @memcpy(std.mem.sliceAsBytes(lds), offload_ptr[od_size..offload_len]);
+    var status_out: Status = .internal;
+    const cfg = sparse_model.OffloadConfig{ .desc = od, .layers = lds, .path = bundles_path[0..bundles_len] };
+    out.* = SparseModel.create(allocator, model, sidecar_path[0..sidecar_len], desc_ptr[0..desc_len], perms[0..perms_len], 1, cfg, &global_sink, &status_out) catch return status_out.code();
+    return Status.ok.code();
+}
+
+/// Offloaded sparse FFNs: reads layer `layer`'s hot neurons into the cache.
+export fn sp_sparse_load_hot(sparse: *SparseModel, layer: u32) i32 {
+    const st = sparse.offload orelse return global_sink.fail(.invalid_argument, "these sparse FFNs are not offloaded", .{}).code();
+    if (layer >= st.n_layers) return global_sink.fail(.invalid_argument, "layer {d} of {d}", .{ layer, st.n_layers }).code();
+    return st.loadHot(layer, &global_sink).code();
+}
+
+/// Offloaded sparse FFNs: the I/O method in use (io/ring.zig Method) and, into `note` (at most
+/// `cap` bytes), why it was chosen; returns the note's full length. -1 when not offloaded.
+export fn sp_sparse_io_method(sparse: *SparseModel, note: [*]u8, cap: u64, method_out: *u32) i64 {
+    const st = sparse.offload orelse return -1;
+    method_out.* = @intFromEnum(st.ring.method());
+    const text = st.ring.note();
+    const n = @min(text.len, cap);
+    @memcpy(note[0..n], text[0..n]);
+    return @intCast(text.len);
+}
+
+/// Offloaded sparse FFNs: bytes of the neuron cache (hot and cold regions).
+export fn sp_sparse_cache_bytes(sparse: *SparseModel) u64 {
+    const st = sparse.offload orelse return 0;
+    return st.bytes();
 }
 
 /// Packing: writes layer `layer`'s down projection transposed, rows in `perm` order (ffn u32), as
@@ -162,7 +210,7 @@ export fn sp_transpose_down(model: *Model, layer: u32, down_type: u32, perm: [*]
 /// Refused (busy) while sessions use it.
 export fn sp_sparse_destroy(sparse: *SparseModel) i32 {
     const users = sparse.users.load(.acquire);
-    if (users != 0) return sparse.sink.fail(.busy, "sparse FFNs are used by {d} session(s); detach them first", .{users}).code();
+    if (users != 0) return global_sink.fail(.busy, "sparse FFNs are used by {d} session(s); detach them first", .{users}).code();
     sparse.destroy();
     return Status.ok.code();
 }
@@ -243,24 +291,36 @@ export fn sp_calib_masks(session: *Session, layer: u32, threshold: f32, t0: u64,
     return Status.ok.code();
 }
 
-/// Calibration: trains the predictor of `layer` into fc1 (rank x dim), fc2 (ffn x rank), bias (ffn).
+/// Calibration: fits the predictor of `layer` into fc1 (rank x dim), fc2 (ffn x rank), bias (ffn):
+/// trained (objectives 0 and 1) or the gate's principal subspace (objective 2, a linear predictor).
 export fn sp_calib_train(session: *Session, layer: u32, params: *const train.TrainParams, fc1: [*]f32, fc2: [*]f32, bias: [*]f32, report: *train.TrainReport) i32 {
     const c = captureOf(session, layer) orelse return Status.invalid_argument.code();
     const p = params.*;
-    if (p.rank == 0 or p.rank > 4096 or p.batch == 0 or !(p.val_fraction > 0 and p.val_fraction < 1) or !(p.learning_rate > 0))
-        return session.sink.fail(.invalid_argument, "training parameters rank {d}, batch {d}, val_fraction {d}, learning_rate {d} are not usable", .{ p.rank, p.batch, p.val_fraction, p.learning_rate }).code();
+    if (p.rank == 0 or p.rank > 4096 or p.batch == 0 or !(p.val_fraction > 0 and p.val_fraction < 1) or !(p.learning_rate > 0) or p.objective > 2)
+        return session.sink.fail(.invalid_argument, "training parameters rank {d}, batch {d}, val_fraction {d}, learning_rate {d}, objective {d} are not usable", .{ p.rank, p.batch, p.val_fraction, p.learning_rate, p.objective }).code();
     const r: usize = p.rank;
+    const n_train = train.trainTokens(c, p.val_fraction);
+    if (p.objective == 2) {
+        if (r + 1 > n_train) return session.sink.fail(.invalid_argument, "rank {d} needs more than {d} training tokens", .{ r, n_train }).code();
+        subspace_fit.fitSubspace(allocator, session.pool, c, layer, &session.model.layers[layer].ffn_gate, r, n_train, p.seed, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn]) catch
+            return session.sink.fail(.out_of_memory, "out of memory fitting the predictor of layer {d}", .{layer}).code();
+        report.* = .{ .train_loss = 0, .val_loss = 0, .label_rate = 0 };
+        report.train_loss = train.gateError(allocator, session.pool, c, layer, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn], r, true, 0, n_train) catch 0;
+        report.val_loss = train.gateError(allocator, session.pool, c, layer, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn], r, true, n_train, c.n) catch 0;
+        return Status.ok.code();
+    }
     train.trainPredictor(allocator, session.pool, c, session.model.hp.activation, layer, p, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn], report) catch
         return session.sink.fail(.out_of_memory, "out of memory training the predictor of layer {d}", .{layer}).code();
     return Status.ok.code();
 }
 
 /// Calibration: per target (label threshold), the predictor score threshold for `recall` on the
-/// held-out tokens, the recall reached and predicted / truly active there.
-export fn sp_calib_thresholds(session: *Session, layer: u32, fc1: [*]const f32, fc2: [*]const f32, bias: [*]const f32, rank: u32, val_fraction: f32, label_thresholds: [*]const f32, n: u64, recall: f32, out_score: [*]f32, out_recall: [*]f32, out_ratio: [*]f32) i32 {
+/// held-out tokens, the recall reached and predicted / truly active there. `linear`: the predictor
+/// has no relu between fc1 and fc2.
+export fn sp_calib_thresholds(session: *Session, layer: u32, fc1: [*]const f32, fc2: [*]const f32, bias: [*]const f32, rank: u32, linear: bool, val_fraction: f32, label_thresholds: [*]const f32, n: u64, recall: f32, out_score: [*]f32, out_recall: [*]f32, out_ratio: [*]f32) i32 {
     const c = captureOf(session, layer) orelse return Status.invalid_argument.code();
     const r: usize = rank;
-    train.chooseThresholds(allocator, session.pool, c, session.model.hp.activation, layer, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn], r, val_fraction, label_thresholds[0..n], recall, out_score[0..n], out_recall[0..n], out_ratio[0..n]) catch
+    train.chooseThresholds(allocator, session.pool, c, session.model.hp.activation, layer, fc1[0 .. r * c.dim], fc2[0 .. c.ffn * r], bias[0..c.ffn], r, linear, val_fraction, label_thresholds[0..n], recall, out_score[0..n], out_recall[0..n], out_ratio[0..n]) catch
         return session.sink.fail(.out_of_memory, "out of memory choosing thresholds for layer {d}", .{layer}).code();
     return Status.ok.code();
 }
@@ -295,5 +355,7 @@ test {
     std.testing.refAllDecls(@This());
     _ = @import("engine/thread_pool.zig");
     _ = @import("api_io.zig");
+    _ = subspace_fit;
+    _ = @import("offload/offload_store.zig");
     _ = status;
 }

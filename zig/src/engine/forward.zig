@@ -77,7 +77,8 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
             // One token at a time: each token has its own active neurons.
             for (0..T) |t| {
                 const xt = s.xb[t * dim ..][0..dim];
-                sparse_ffn.sparseFfn(s, l, xt, xt, DenseOps);
+                const status = sparse_ffn.sparseFfn(s, l, xt, xt, DenseOps);
+                if (status != .ok) return status;
             }
         } else {
             matmulFused(s, T, s.xb, dim, &.{

@@ -145,8 +145,18 @@ pub const Session = struct {
                 return sink.fail(.invalid_argument, "cluster size {d} is outside [1, {d}]", .{ cfg.cluster_size, self.model.hp.ffn_dim });
             for (self.model.layers) |*l| {
                 const row_t: DType = @enumFromInt(l.ffn_gate.dtype);
-                if (!self.backend.supportsSparse(row_t, m.store.down_type))
-                    return sink.fail(.unsupported, "backend '{s}' cannot run sparse FFNs on {s} rows with a {s} down projection", .{ self.backend.name(), row_t.name(), m.store.down_type.name() });
+                if (!self.backend.supportsSparse(row_t, m.downType()))
+                    return sink.fail(.unsupported, "backend '{s}' cannot run sparse FFNs on {s} rows with a {s} down projection", .{ self.backend.name(), row_t.name(), m.downType().name() });
+            }
+            if (m.offload != null) {
+                // The dense path and the oracle read FFN weights from the mapped model, which an
+                // offloaded model keeps on disk: only predicted neurons, only through the cache.
+                if (cfg.mode != @intFromEnum(sparse_ffn.Mode.predictor))
+                    return sink.fail(.invalid_argument, "offloaded FFNs run in predictor mode only", .{});
+                if (cfg.verify_every != 0)
+                    return sink.fail(.invalid_argument, "offloaded FFNs cannot verify recall (it reads every gate row); use the in-memory model", .{});
+                if (m.users.load(.acquire) != 0 and self.sparse != m)
+                    return sink.fail(.busy, "the offloaded neuron cache serves one session at a time; close the other session first", .{});
             }
         }
         self.detachSparse();
@@ -155,6 +165,9 @@ pub const Session = struct {
             return sink.fail(.out_of_memory, "out of memory allocating sparse FFN scratch", .{});
         self.sparse = m;
         self.sparse_config = cfg;
+        // Offloaded: prompts go through the sparse path too (the dense one would read the FFN
+        // weights from the mapped model file).
+        if (m.offload != null) self.sparse_config.flags |= sparse_ffn.flag_sparse_batches;
         _ = m.users.fetchAdd(1, .acq_rel);
         return .ok;
     }

@@ -5,7 +5,7 @@ const std = @import("std");
 const TensorDesc = @import("../engine/model_desc.zig").TensorDesc;
 
 /// Bump on any layout change (core/sparse_desc.ts holds the same number).
-pub const sparse_desc_version: u32 = 1;
+pub const sparse_desc_version: u32 = 2;
 
 pub const SparseDesc = extern struct {
     version: u32,
@@ -26,9 +26,15 @@ pub const LayerSparseDesc = extern struct {
     score_threshold: f32,
     /// SwiGLU models: a neuron counts as active when |silu(gate)| > this (0 for ReLU models).
     cats_threshold: f32,
+    /// Bit 0: the predictor's hidden layer is linear (score = fc2 · (fc1 · x)), as calibration's
+    /// subspace fit makes them; PowerInfer's have a relu there.
+    flags: u32,
+    reserved: u32 = 0,
 };
+
+pub const flag_linear_predictor: u32 = 1;
 
 comptime {
     std.debug.assert(@sizeOf(SparseDesc) == 16);
-    std.debug.assert(@sizeOf(LayerSparseDesc) == 3 * 112 + 8);
+    std.debug.assert(@sizeOf(LayerSparseDesc) == 3 * 112 + 16);
 }

@@ -17,6 +17,8 @@ const ops = kernels.ops;
 const WeightView = @import("backend_api").WeightView;
 const Session = @import("../engine/session.zig").Session;
 const SparseModel = @import("sparse_model.zig").SparseModel;
+const Status = @import("../status.zig").Status;
+const offload_ffn = @import("../offload/offload_ffn.zig");
 
 pub const Mode = enum(u32) { dense = 0, oracle = 1, predictor = 2 };
 
@@ -47,6 +49,13 @@ pub const LayerStats = extern struct {
     /// On verified tokens: neurons truly active, and how many of those were candidates.
     true_active: u64 = 0,
     true_positive: u64 = 0,
+    /// Offloaded FFNs: candidates found in the hot region, in the cold region, read from disk; bytes
+    /// read; nanoseconds waiting on reads with no thread computing (I/O on the critical path).
+    hot_hits: u64 = 0,
+    cold_hits: u64 = 0,
+    misses: u64 = 0,
+    read_bytes: u64 = 0,
+    io_stall_ns: u64 = 0,
 };
 
 pub const stats_fields = @typeInfo(LayerStats).@"struct".fields.len;
@@ -118,7 +127,7 @@ inline fn silu(x: f32) f32 {
 }
 
 /// The FFN hidden value of one neuron, with the CATS cut for SwiGLU (|silu(g)| <= cats -> 0).
-inline fn activate(kind: ops.Activation, g: f32, u: f32, cats: f32) f32 {
+pub inline fn activate(kind: ops.Activation, g: f32, u: f32, cats: f32) f32 {
     return switch (kind) {
         .swiglu => blk: {
             const sg = silu(g);
@@ -137,8 +146,9 @@ inline fn gateFires(kind: ops.Activation, g: f32, cats: f32) bool {
     };
 }
 
-/// out = FFN(x) for one token of layer `l`, sparsely. `x` and `out` may alias.
-pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anytype) void {
+/// out = FFN(x) for one token of layer `l`, sparsely. `x` and `out` may alias. Fails only when the
+/// neurons are offloaded and a read fails (the session's sink says which).
+pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anytype) Status {
     const sm = s.sparse.?;
     const sc = &s.sparse_scratch.?;
     const cfg = s.sparse_config;
@@ -146,7 +156,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     const ffn = hp.ffn_dim;
     const layer = &s.model.layers[l];
     const ls = sm.layers[l];
-    const store = &sm.store.layers[l];
+    const perm = sm.order(l);
     const st = &sc.stats[l];
     const mode: Mode = @enumFromInt(cfg.mode);
     const use_predictor = mode == .predictor and ls.predictor != null;
@@ -158,7 +168,9 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     if (use_predictor) {
         const p = ls.predictor.?;
         dense.matvec(s, &p.fc1, x, sc.hidden[0..p.fc1.n_rows]);
-        for (sc.hidden[0..p.fc1.n_rows]) |*h| h.* = @max(h.*, 0);
+        if (!p.linear) {
+            for (sc.hidden[0..p.fc1.n_rows]) |*h| h.* = @max(h.*, 0);
+        }
         dense.matvec(s, &p.fc2, sc.hidden[0..p.fc1.n_rows], sc.scores);
         if (p.bias) |b| {
             for (sc.scores, b) |*sv, bv| sv.* += bv;
@@ -179,7 +191,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     var k: usize = 0;
     while (k < ffn) : (k += k_size) {
         const end = @min(k + k_size, ffn);
-        for (store.perm[k..end], k..) |i, kk| {
+        for (perm[k..end], k..) |i, kk| {
             const pick = if (use_predictor) sc.scores[i] >= ls.score_threshold else gateFires(hp.activation, sc.scores[i], ls.cats_threshold);
             if (pick) {
                 sc.sel_model[n_sel] = i;
@@ -207,18 +219,35 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         st.true_positive += hit;
     }
 
-    // 3. clusters on the pool
-    const gate_fmt = s.backend.activationFormat(@enumFromInt(layer.ffn_gate.dtype));
-    const up_fmt = s.backend.activationFormat(@enumFromInt(layer.ffn_up.dtype));
-    s.backend.prepareActivation(@enumFromInt(layer.ffn_gate.dtype), x, sc.act.ptr);
+    // 3. clusters on the pool (in memory), or the I/O-compute pipeline (offloaded)
+    const gate_dtype: DType = @enumFromInt(if (sm.offload) |o| o.gate.dtype else layer.ffn_gate.dtype);
+    const up_dtype: DType = @enumFromInt(if (sm.offload) |o| o.up.dtype else layer.ffn_up.dtype);
+    const gate_fmt = s.backend.activationFormat(gate_dtype);
+    const up_fmt = s.backend.activationFormat(up_dtype);
+    s.backend.prepareActivation(gate_dtype, x, sc.act.ptr);
     const act_up = if (up_fmt == gate_fmt) sc.act.ptr else blk: {
-        s.backend.prepareActivation(@enumFromInt(layer.ffn_up.dtype), x, sc.act_up.ptr);
+        s.backend.prepareActivation(up_dtype, x, sc.act_up.ptr);
         break :blk sc.act_up.ptr;
     };
     @memset(sc.y, 0);
     @memset(sc.active_count, 0);
-    var job = Job{ .s = s, .layer = l, .gate = &layer.ffn_gate, .up = &layer.ffn_up, .down_t = &store.down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
-    s.pool.run(&job, Job.run, n_clusters, 1);
+    var down_row_bytes: u64 = undefined;
+    if (sm.offload) |o| {
+        var io = offload_ffn.IoCounters{};
+        const status = offload_ffn.offloadFfn(s, o, &sm.offload_scratch.?, l, sc.sel_perm[0..n_sel], k_size, hp.activation, ls.cats_threshold, sc.act.ptr, act_up, sm.queue_depth, &io);
+        st.hot_hits += io.hot_hits;
+        st.cold_hits += io.cold_hits;
+        st.misses += io.misses;
+        st.read_bytes += io.read_bytes;
+        st.io_stall_ns += io.stall_ns;
+        if (status != .ok) return status;
+        // Per active neuron, the down column's bytes (a slot's row stride also spans gate and up).
+        down_row_bytes = @as(DType, @enumFromInt(o.down.dtype)).rowBytes(hp.dim).?;
+    } else {
+        var job = Job{ .s = s, .layer = l, .gate = &layer.ffn_gate, .up = &layer.ffn_up, .down_t = &sm.store.?.layers[l].down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
+        s.pool.run(&job, Job.run, n_clusters, 1);
+        down_row_bytes = sm.store.?.layers[l].down_t.row_bytes;
+    }
 
     // 4. sum the per-thread accumulators
     const n_threads = s.pool.threadCount();
@@ -231,7 +260,8 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     st.candidates += n_sel;
     st.active += active;
     st.clusters += n_clusters;
-    if (!gate_known) bytes += n_sel * layer.ffn_gate.row_bytes;
-    bytes += n_sel * layer.ffn_up.row_bytes + active * store.down_t.row_bytes;
+    if (!gate_known) bytes += n_sel * gate_dtype.rowBytes(hp.dim).?;
+    bytes += n_sel * up_dtype.rowBytes(hp.dim).? + active * down_row_bytes;
     st.bytes += bytes;
+    return .ok;
 }

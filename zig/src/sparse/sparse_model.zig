@@ -9,6 +9,9 @@ const model_mod = @import("../engine/model.zig");
 const Model = model_mod.Model;
 const MappedFile = @import("../io/mapped_file.zig").MappedFile;
 const NeuronStore = @import("neuron_store.zig").NeuronStore;
+const OffloadStore = @import("../offload/offload_store.zig").OffloadStore;
+const offload_desc = @import("../offload/offload_desc.zig");
+const offload_ffn = @import("../offload/offload_ffn.zig");
 const desc = @import("sparse_desc.zig");
 const ErrorSink = @import("../status.zig").ErrorSink;
 const Status = @import("../status.zig").Status;
@@ -20,6 +23,8 @@ pub const Predictor = struct {
     fc2: WeightView,
     /// (ffn,) added to the scores, if present
     bias: ?[]const f32,
+    /// No relu between fc1 and fc2.
+    linear: bool,
 };
 
 pub const LayerSparse = struct {
@@ -28,23 +33,35 @@ pub const LayerSparse = struct {
     cats_threshold: f32,
 };
 
+/// Where the FFN neurons come from when they are offloaded: a bundle file (core/bundle_format.ts).
+pub const OffloadConfig = struct {
+    desc: offload_desc.OffloadDesc,
+    layers: []const offload_desc.LayerOffloadDesc,
+    path: []const u8,
+};
+
 pub const SparseModel = struct {
     allocator: std.mem.Allocator,
     model: *Model,
-    store: *NeuronStore,
+    /// In memory: the neuron store (transposed down, hot-first order). Offloaded: null.
+    store: ?*NeuronStore,
+    /// Offloaded: the neuron cache over the bundle file, and its pipeline scratch.
+    offload: ?*OffloadStore = null,
+    offload_scratch: ?offload_ffn.Scratch = null,
+    queue_depth: usize = 0,
     sidecar: ?MappedFile,
     layers: []LayerSparse,
     /// Largest predictor rank (sizes the sessions' scratch).
     max_rank: usize,
     /// Sessions using this; destroying it while any do is refused.
     users: std.atomic.Value(u32) = std.atomic.Value(u32).init(0),
-    sink: ErrorSink = .{},
 
     pub const CreateError = error{Failed};
 
-    /// Builds the neuron store and maps the predictors. `sidecar_path` may be empty when no layer has
-    /// a predictor. On failure `sink` and `status_out` say why.
-    pub fn create(allocator: std.mem.Allocator, model: *Model, sidecar_path: []const u8, desc_bytes: []const u8, perms: []const u32, threads: usize, sink: *ErrorSink, status_out: *Status) CreateError!*SparseModel {
+    /// Builds the neuron store (or, with `offload`, the neuron cache over the bundle file, whose hot
+    /// region `loadHot` then fills) and maps the predictors. `sidecar_path` may be empty when no layer
+    /// has a predictor. On failure `sink` and `status_out` say why.
+    pub fn create(allocator: std.mem.Allocator, model: *Model, sidecar_path: []const u8, desc_bytes: []const u8, perms: []const u32, threads: usize, offload: ?OffloadConfig, sink: *ErrorSink, status_out: *Status) CreateError!*SparseModel {
         const hp = model.hp;
         if (desc_bytes.len < @sizeOf(desc.SparseDesc)) return fail(status_out, sink.fail(.invalid_argument, "sparse description is {d} bytes", .{desc_bytes.len}));
         var sd: desc.SparseDesc = undefined;
@@ -78,14 +95,35 @@ pub const SparseModel = struct {
             const fc1 = v.matrix(&ld.fc1, rank, hp.dim) catch |e| return fail(status_out, model_mod.status(e));
             const fc2 = v.matrix(&ld.fc2, hp.ffn_dim, rank) catch |e| return fail(status_out, model_mod.status(e));
             const bias = if (ld.fc2_bias.present()) v.norm(&ld.fc2_bias, hp.ffn_dim) catch |e| return fail(status_out, model_mod.status(e)) else null;
-            layer.predictor = .{ .fc1 = fc1, .fc2 = fc2, .bias = bias };
+            layer.predictor = .{ .fc1 = fc1, .fc2 = fc2, .bias = bias, .linear = ld.flags & desc.flag_linear_predictor != 0 };
             max_rank = @max(max_rank, rank);
         }
-        const store = NeuronStore.build(allocator, model, down_type, perms, threads, sink) catch |e| return fail(status_out, switch (e) {
-            error.OutOfMemory => sink.fail(.out_of_memory, "out of memory building the sparse neuron store", .{}),
-            error.InvalidArgument => .invalid_argument,
-        });
-        self.* = .{ .allocator = allocator, .model = model, .store = store, .sidecar = sidecar, .layers = layers, .max_rank = max_rank };
+        if (offload) |o| {
+            for (layers, 0..) |layer, l| {
+                if (layer.predictor == null) return fail(status_out, sink.fail(.invalid_argument, "offloaded FFNs need a predictor for every layer; layer {d} has none", .{l}));
+            }
+            if (o.desc.version != offload_desc.offload_desc_version) return fail(status_out, sink.fail(.abi_mismatch, "offload description version {d}, this core reads {d}", .{ o.desc.version, offload_desc.offload_desc_version }));
+            if (o.desc.n_layers != hp.n_layers) return fail(status_out, sink.fail(.invalid_argument, "the bundle file has {d} layers; the model has {d}", .{ o.desc.n_layers, hp.n_layers }));
+            for (model.layers, 0..) |*ml, l| {
+                if (ml.ffn_gate.dtype != o.desc.gate_type or ml.ffn_up.dtype != o.desc.up_type)
+                    return fail(status_out, sink.fail(.bad_model, "the bundle file stores gate/up rows as types {d}/{d}; layer {d} of the model has {d}/{d}", .{ o.desc.gate_type, o.desc.up_type, l, ml.ffn_gate.dtype, ml.ffn_up.dtype }));
+            }
+            const st = OffloadStore.create(allocator, hp.dim, hp.ffn_dim, o.desc, o.layers, perms, o.path, sink) catch |e| return fail(status_out, switch (e) {
+                error.OutOfMemory => .out_of_memory,
+                error.InvalidArgument => .invalid_argument,
+                error.Io => .io,
+            });
+            errdefer st.destroy();
+            const qd: usize = @max(o.desc.queue_depth, 1);
+            const scratch = offload_ffn.Scratch.init(allocator, hp.ffn_dim, qd) catch return fail(status_out, sink.fail(.out_of_memory, "out of memory", .{}));
+            self.* = .{ .allocator = allocator, .model = model, .store = null, .offload = st, .offload_scratch = scratch, .queue_depth = qd, .sidecar = sidecar, .layers = layers, .max_rank = max_rank };
+        } else {
+            const store = NeuronStore.build(allocator, model, down_type, perms, threads, sink) catch |e| return fail(status_out, switch (e) {
+                error.OutOfMemory => sink.fail(.out_of_memory, "out of memory building the sparse neuron store", .{}),
+                error.InvalidArgument => .invalid_argument,
+            });
+            self.* = .{ .allocator = allocator, .model = model, .store = store, .sidecar = sidecar, .layers = layers, .max_rank = max_rank };
+        }
         _ = model.sessions.fetchAdd(1, .acq_rel); // the model must outlive this
         return self;
     }
@@ -93,11 +131,22 @@ pub const SparseModel = struct {
     pub fn destroy(self: *SparseModel) void {
         std.debug.assert(self.users.load(.acquire) == 0);
         const a = self.allocator;
-        self.store.destroy();
+        if (self.store) |st| st.destroy();
+        if (self.offload) |st| st.destroy();
+        if (self.offload_scratch) |*sc| sc.deinit(a);
         if (self.sidecar) |*f| f.close();
         a.free(self.layers);
         _ = self.model.sessions.fetchSub(1, .acq_rel);
         a.destroy(self);
+    }
+
+    pub fn downType(self: *const SparseModel) DType {
+        return if (self.store) |st| st.down_type else @enumFromInt(self.offload.?.down.dtype);
+    }
+
+    /// Hot-first position -> the model's neuron index, for layer `l`.
+    pub fn order(self: *const SparseModel, l: usize) []const u32 {
+        return if (self.store) |st| st.layers[l].perm else self.offload.?.layers[l].perm;
     }
 };
 

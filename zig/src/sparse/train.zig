@@ -29,7 +29,8 @@ pub const TrainParams = extern struct {
     /// SwiGLU: |silu(gate)| above this is "fires" (the loosest calibrated target); ReLU: ignored.
     label_threshold: f32,
     /// 0: classify "fires" (weighted binary cross-entropy); 1: regress the gate pre-activation
-    /// itself (mean squared error), which ranks neurons for every threshold at once.
+    /// itself (mean squared error), which ranks neurons for every threshold at once; 2: no training,
+    /// the gate's principal subspace (sparse/subspace_fit.zig), a linear predictor.
     objective: u32,
     reserved: u32 = 0,
 };
@@ -245,7 +246,7 @@ pub fn trainPredictor(a: std.mem.Allocator, pool: *ThreadPool, cap: *const Captu
         const nb = @min(bsz, cap.n - t0);
         for (0..nb) |j| idx[j] = @intCast(t0 + j);
         fillBatch(cap, act, l, idx[0..nb], p.label_threshold, xb, yb, regress);
-        val_loss += scoreBatch(pool, fc1, fc2, bias, xb, hpre, h, s, nb, dim, r, ffn, yb, p.pos_weight, regress);
+        val_loss += scoreBatch(pool, fc1, fc2, bias, xb, hpre, h, s, nb, dim, r, ffn, yb, p.pos_weight, regress, false);
     }
     report.val_loss = @floatCast(val_loss / @as(f64, @floatFromInt(@max(cap.n - n_train, 1))));
 }
@@ -265,11 +266,12 @@ fn fillBatch(cap: *const Capture, act: Activation, l: usize, tokens: []const u32
     }
 }
 
-/// Scores s = fc2 · relu(fc1 · x) + bias for nb tokens; returns the summed loss when labels given.
-fn scoreBatch(pool: *ThreadPool, fc1: []const f32, fc2: []const f32, bias: []const f32, xb: []const f32, hpre: []f32, h: []f32, s: []f32, nb: usize, dim: usize, r: usize, ffn: usize, yb: ?[]const f32, pos_weight: f32, regress: bool) f64 {
+/// Scores s = fc2 · relu(fc1 · x) + bias (with `linear`, no relu) for nb tokens; returns the
+/// summed loss when labels are given.
+fn scoreBatch(pool: *ThreadPool, fc1: []const f32, fc2: []const f32, bias: []const f32, xb: []const f32, hpre: []f32, h: []f32, s: []f32, nb: usize, dim: usize, r: usize, ffn: usize, yb: ?[]const f32, pos_weight: f32, regress: bool, linear: bool) f64 {
     var j1 = GemmJob{ .kind = .nt, .a = xb[0 .. nb * dim], .b = fc1, .c = hpre[0 .. nb * r], .mdim = nb, .n = r, .k = dim };
     j1.exec(pool, nb);
-    for (h[0 .. nb * r], hpre[0 .. nb * r]) |*o, v| o.* = @max(v, 0);
+    for (h[0 .. nb * r], hpre[0 .. nb * r]) |*o, v| o.* = if (linear) v else @max(v, 0);
     var j2 = GemmJob{ .kind = .nt, .a = h[0 .. nb * r], .b = fc2, .c = s[0 .. nb * ffn], .mdim = nb, .n = ffn, .k = r };
     j2.exec(pool, nb);
     for (0..nb) |b| {
@@ -284,7 +286,7 @@ fn scoreBatch(pool: *ThreadPool, fc1: []const f32, fc2: []const f32, bias: []con
 }
 
 fn forwardBackward(pool: *ThreadPool, fc1: []const f32, fc2: []const f32, bias: []const f32, xb: []const f32, yb: []const f32, hpre: []f32, h: []f32, s: []f32, dh: []f32, g1: []f32, g2: []f32, gb: []f32, nb: usize, dim: usize, r: usize, ffn: usize, pos_weight: f32, regress: bool) f64 {
-    const loss = scoreBatch(pool, fc1, fc2, bias, xb, hpre, h, s, nb, dim, r, ffn, yb, pos_weight, regress);
+    const loss = scoreBatch(pool, fc1, fc2, bias, xb, hpre, h, s, nb, dim, r, ffn, yb, pos_weight, regress, false);
     // dLoss/dScore, averaged over the batch (s is overwritten with it).
     const inv = 1.0 / @as(f32, @floatFromInt(nb));
     @memset(gb, 0);
@@ -314,9 +316,35 @@ fn forwardBackward(pool: *ThreadPool, fc1: []const f32, fc2: []const f32, bias: 
     return loss;
 }
 
+/// Mean squared error per neuron of the predictor's scores against the captured gate values, over
+/// captured tokens [t0, t1).
+pub fn gateError(a: std.mem.Allocator, pool: *ThreadPool, cap: *const Capture, l: usize, fc1: []const f32, fc2: []const f32, bias: []const f32, r: usize, linear: bool, t0: usize, t1: usize) !f32 {
+    const dim = cap.dim;
+    const ffn = cap.ffn;
+    var arena_state = std.heap.ArenaAllocator.init(a);
+    defer arena_state.deinit();
+    const arena = arena_state.allocator();
+    const bsz: usize = 64;
+    const xb = try arena.alloc(f32, bsz * dim);
+    const yb = try arena.alloc(f32, bsz * ffn);
+    const hpre = try arena.alloc(f32, bsz * r);
+    const h = try arena.alloc(f32, bsz * r);
+    const s = try arena.alloc(f32, bsz * ffn);
+    const idx = try arena.alloc(u32, bsz);
+    var loss: f64 = 0;
+    var t = t0;
+    while (t < t1) : (t += bsz) {
+        const nb = @min(bsz, t1 - t);
+        for (0..nb) |j| idx[j] = @intCast(t + j);
+        fillBatch(cap, .relu, l, idx[0..nb], 0, xb, yb, true);
+        loss += scoreBatch(pool, fc1, fc2, bias, xb, hpre, h, s, nb, dim, r, ffn, yb, 1, true, linear);
+    }
+    return @floatCast(loss / @as(f64, @floatFromInt(@max(t1 - t0, 1))));
+}
+
 /// For each label threshold (one per target), the score threshold that keeps recall >= `recall` on
 /// the held-out tokens, with the recall reached and predicted / truly active neurons there.
-pub fn chooseThresholds(a: std.mem.Allocator, pool: *ThreadPool, cap: *const Capture, act: Activation, l: usize, fc1: []const f32, fc2: []const f32, bias: []const f32, r: usize, val_fraction: f32, label_thresholds: []const f32, recall: f32, out_score: []f32, out_recall: []f32, out_ratio: []f32) !void {
+pub fn chooseThresholds(a: std.mem.Allocator, pool: *ThreadPool, cap: *const Capture, act: Activation, l: usize, fc1: []const f32, fc2: []const f32, bias: []const f32, r: usize, linear: bool, val_fraction: f32, label_thresholds: []const f32, recall: f32, out_score: []f32, out_recall: []f32, out_ratio: []f32) !void {
     const dim = cap.dim;
     const ffn = cap.ffn;
     const t0 = trainTokens(cap, val_fraction);
@@ -336,7 +364,7 @@ pub fn chooseThresholds(a: std.mem.Allocator, pool: *ThreadPool, cap: *const Cap
         const nb = @min(bsz, n_val - t);
         for (0..nb) |j| idx[j] = @intCast(t0 + t + j);
         fillBatch(cap, act, l, idx[0..nb], 0, xb, yb, false);
-        _ = scoreBatch(pool, fc1, fc2, bias, xb, hpre, h, scores[t * ffn ..][0 .. nb * ffn], nb, dim, r, ffn, null, 1, false);
+        _ = scoreBatch(pool, fc1, fc2, bias, xb, hpre, h, scores[t * ffn ..][0 .. nb * ffn], nb, dim, r, ffn, null, 1, false, linear);
     }
     const pos = try arena.alloc(f32, n_val * ffn);
     for (label_thresholds, out_score, out_recall, out_ratio) |thr, *os, *orc, *ora| {

@@ -1,0 +1,142 @@
+/**
+ * How a memory budget (`--memory`) is split when FFN neurons are offloaded, following PowerInfer-2's
+ * three regions:
+ *
+ * - fixed: what every token needs whatever neurons fire, so it must stay resident: the non-FFN
+ *   weights (attention, norms, classifier; mapped from the model file), the predictors (mapped from
+ *   the sidecar), the KV cache, the sessions' scratch, and the runtime itself (Deno, measured);
+ * - hot: the top-ranked neurons of every layer, read once and pinned;
+ * - cold: an LRU of recently read neurons.
+ *
+ * The rule, until a planner chooses from a hardware profile: what the fixed region leaves is the
+ * neuron cache; `hotShare` of it (default 3/4) goes to the hot region, as the same number of
+ * top-ranked neurons in every layer (whole bundles), and the rest to the cold region, which never
+ * gets fewer than `minColdSlots` slots (enough to keep the I/O queue full). A budget that cannot
+ * hold the fixed region and that minimum is refused, naming the minimum.
+ *
+ * @module
+ */
+import { SparrowError } from "./errors.ts";
+
+/** What the split is computed from (bytes unless said otherwise). */
+export interface MemoryPlanInput {
+  /** The whole process's budget. */
+  budget: number;
+  /** Resident now, before any weight is read: the runtime (measured from /proc/self/status). */
+  runtimeBytes: number;
+  /** Non-FFN weights read every token. */
+  fixedWeightBytes: number;
+  /** Predictor matrices read every token. */
+  predictorBytes: number;
+  /** KV cache of the session(s). */
+  kvBytes: number;
+  /** Session scratch and the sparse path's buffers. */
+  scratchBytes: number;
+  /** Bytes of one cached neuron (a bundle). */
+  stride: number;
+  nLayers: number;
+  ffnDim: number;
+  /** Share of the neuron cache given to the hot region; default 0.75. */
+  hotShare?: number;
+  /** Fewest cold slots; default 64. */
+  minColdSlots?: number;
+}
+
+/** The split. */
+export interface MemoryPlan {
+  budget: number;
+  /** Fixed region, itemised. */
+  fixed: { runtime: number; weights: number; predictors: number; kv: number; scratch: number; total: number };
+  /** Top-ranked neurons pinned per layer. */
+  hotPerLayer: number;
+  /** LRU slots shared by all layers. */
+  coldSlots: number;
+  /** Bytes of the neuron cache (hot + cold slots). */
+  cacheBytes: number;
+  /** Share of all FFN neurons that is not pinned in memory (read from disk when needed). */
+  offloadedShare: number;
+  /** The rule, in words, with the figures. */
+  explanation: string;
+}
+
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+
+/**
+ * Splits a memory budget into the fixed, hot and cold regions.
+ *
+ * @throws {SparrowError} `invalid_argument` when the budget cannot hold the fixed region plus the
+ * smallest neuron cache; the message gives the minimum budget and what the fixed region holds.
+ */
+export function planMemory(i: MemoryPlanInput): MemoryPlan {
+  const hotShare = i.hotShare ?? 0.75;
+  const minCold = i.minColdSlots ?? 64;
+  if (!(hotShare >= 0 && hotShare <= 1)) {
+    throw new SparrowError("invalid_argument", `hot share ${hotShare} is outside [0, 1]`);
+  }
+  const fixedTotal = i.runtimeBytes + i.fixedWeightBytes + i.predictorBytes + i.kvBytes + i.scratchBytes;
+  const fixed = {
+    runtime: i.runtimeBytes,
+    weights: i.fixedWeightBytes,
+    predictors: i.predictorBytes,
+    kv: i.kvBytes,
+    scratch: i.scratchBytes,
+    total: fixedTotal,
+  };
+  const minimum = fixedTotal + minCold * i.stride;
+  if (!(i.budget >= minimum)) {
+    throw new SparrowError(
+      "invalid_argument",
+      `memory budget ${mib(i.budget)} is too small: the fixed region needs ${mib(fixedTotal)} (runtime ${
+        mib(i.runtimeBytes)
+      }, non-FFN weights ${mib(i.fixedWeightBytes)}, predictors ${mib(i.predictorBytes)}, KV cache ${
+        mib(i.kvBytes)
+      }, scratch ${mib(i.scratchBytes)}) and the neuron cache at least ${minCold} bundles (${
+        mib(minCold * i.stride)
+      }); give at least ${mib(minimum)}`,
+    );
+  }
+  const cacheSlots = Math.floor((i.budget - fixedTotal) / i.stride);
+  const allSlots = i.nLayers * i.ffnDim;
+  let hotPerLayer: number;
+  if (cacheSlots >= allSlots + minCold) {
+    hotPerLayer = i.ffnDim; // everything fits: pin it all
+  } else {
+    hotPerLayer = Math.min(i.ffnDim, Math.floor((cacheSlots * hotShare) / i.nLayers));
+    if (cacheSlots - hotPerLayer * i.nLayers < minCold) hotPerLayer = Math.floor((cacheSlots - minCold) / i.nLayers);
+  }
+  const coldSlots = hotPerLayer === i.ffnDim ? minCold : cacheSlots - hotPerLayer * i.nLayers;
+  const cacheBytes = (hotPerLayer * i.nLayers + coldSlots) * i.stride;
+  const offloadedShare = 1 - (hotPerLayer * i.nLayers) / allSlots;
+  const explanation = `budget ${mib(i.budget)}: fixed ${mib(fixedTotal)} (runtime ${mib(i.runtimeBytes)}, weights ${
+    mib(i.fixedWeightBytes)
+  }, predictors ${mib(i.predictorBytes)}, KV ${mib(i.kvBytes)}, scratch ${mib(i.scratchBytes)}); neuron cache ${
+    mib(cacheBytes)
+  }: hot ${hotPerLayer} of ${i.ffnDim} neurons per layer (${
+    (hotShare * 100).toFixed(0)
+  }% of the cache), cold LRU ${coldSlots} bundles of ${(i.stride / 1024).toFixed(1)} KiB; ${
+    (offloadedShare * 100).toFixed(1)
+  }% of FFN neurons on disk`;
+  return { budget: i.budget, fixed, hotPerLayer, coldSlots, cacheBytes, offloadedShare, explanation };
+}
+
+/** Resident bytes of this process now (VmRSS), or undefined where /proc is unavailable. */
+export function residentBytes(): number | undefined {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Parses a size: bytes, or a number with a K, M, G or T suffix (powers of 1024; "B"/"iB" optional).
+ *
+ * @throws {SparrowError} `invalid_argument` for anything else.
+ */
+export function parseBytes(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  if (!m) throw new SparrowError("invalid_argument", `'${text}' is not a size (e.g. 4G, 512M, 1073741824)`);
+  const scale = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as "" | "k"]!;
+  return Math.floor(Number(m[1]) * scale);
+}

@@ -1,0 +1,156 @@
+/**
+ * Offloaded sparse FFNs: a model whose FFN neurons are read from a bundle file (`sparrow pack`)
+ * into a cache sized by a memory budget, instead of being mapped whole. This module checks the three
+ * files against each other (model, sidecar, bundles: fingerprints and shapes), splits the budget
+ * (core/memory_budget.ts), builds the native cache and I/O ring, and reads the hot region with
+ * progress.
+ *
+ * @module
+ */
+import { SparrowError } from "./errors.ts";
+import type { NativeModel } from "./engine.ts";
+import type { GgufFile } from "./gguf.ts";
+import type { LlamaHparams } from "./model_desc.ts";
+import { readSidecar } from "./sidecar.ts";
+import { readBundleFile } from "./bundle_format.ts";
+import { modelFingerprint } from "./model_fingerprint.ts";
+import { type MemoryPlan, planMemory, residentBytes } from "./memory_budget.ts";
+import { SparseFfn } from "./sparse.ts";
+
+/** I/O methods of the ring. */
+export type IoMethod = "auto" | "io_uring" | "pread_pool" | "mmap";
+const ioMethodIds: Record<IoMethod, number> = { auto: 0xffffffff, io_uring: 0, pread_pool: 1, mmap: 2 };
+
+/** Settings of offloaded FFNs. */
+export interface OffloadOptions {
+  /** The calibration sidecar the bundle file was packed with. */
+  sidecar: string;
+  /** The bundle file (`sparrow pack`). */
+  bundles: string;
+  /** SwiGLU models: the calibrated sparsity target. */
+  sparsity?: number;
+  /** Memory budget of the whole process, bytes. */
+  memory: number;
+  /** Reads in flight at once; default 32. */
+  queueDepth?: number;
+  /** How bundles are read; default "auto" (io_uring, else a pread thread pool). */
+  ioMethod?: IoMethod;
+  /** O_DIRECT reads (no page cache); default true. */
+  direct?: boolean;
+  /** Share of the neuron cache pinned as hot neurons; default 0.75. */
+  hotShare?: number;
+  /** Context length and batch size of the session(s) the budget must hold; default the model's. */
+  contextLength?: number;
+  batchSize?: number;
+  /** Called as the hot region is read: layers done, layers in all. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** What preparing offloaded FFNs decided and measured. */
+export interface OffloadReport {
+  /** The budget's split. */
+  plan: MemoryPlan;
+  /** The ring's method, and why it was chosen. */
+  io: { method: string; note: string };
+  /** Bytes of the neuron cache allocated. */
+  cacheBytes: number;
+  /** Seconds spent reading the hot region. */
+  loadSeconds: number;
+}
+
+/** What the model hands over: its native handle and description. */
+export interface OffloadModel {
+  native: NativeModel;
+  path: string;
+  gguf: GgufFile;
+  hparams: Readonly<LlamaHparams>;
+  tiedEmbeddings: boolean;
+  fingerprint: string;
+  contextLength: number;
+  batchSize: number;
+}
+
+/**
+ * Builds offloaded sparse FFNs for a model.
+ *
+ * @throws {SparrowError} `bad_model` when the sidecar or bundle file was made for another model (or
+ * the bundles from another sidecar), `invalid_argument` when the budget is too small (naming the
+ * minimum), `io` when reads fail, `unsupported` for two-phase bundle files.
+ */
+export async function buildOffload(
+  m: OffloadModel,
+  o: OffloadOptions,
+): Promise<{ store: SparseFfn; report: OffloadReport }> {
+  const hp = m.hparams;
+  if (!(o.memory > 0)) throw new SparrowError("invalid_argument", `memory budget ${o.memory} is not a positive size`);
+  const queueDepth = o.queueDepth ?? 32;
+  if (!Number.isInteger(queueDepth) || queueDepth < 1 || queueDepth > 4096) {
+    throw new SparrowError("invalid_argument", `queue depth ${queueDepth} is outside [1, 4096]`);
+  }
+  const method = o.ioMethod ?? "auto";
+  if (!(method in ioMethodIds)) {
+    throw new SparrowError(
+      "invalid_argument",
+      `I/O method '${method}' is not one of ${Object.keys(ioMethodIds).join(", ")}`,
+    );
+  }
+  const sidecar = readSidecar(o.sidecar, hp, m.fingerprint);
+  const bundles = readBundleFile(o.bundles, hp, { model: m.fingerprint, sidecar: await modelFingerprint(o.sidecar) });
+
+  // The fixed region: what every token reads whatever fires.
+  const tensors = [...m.gguf.tensors.values()];
+  const fixedWeightBytes = tensors
+    .filter((t) => !/ffn_(gate|up|down)/.test(t.name) && (t.name !== "token_embd.weight" || m.tiedEmbeddings))
+    .reduce((a, t) => a + t.nBytes, 0);
+  const predictorBytes = sidecar.predictors.reduce(
+    (a, p) => a + (p ? p.fc1.nBytes + p.fc2.nBytes + (p.bias?.nBytes ?? 0) : 0),
+    0,
+  );
+  const ctx = o.contextLength ?? m.contextLength;
+  const batch = o.batchSize ?? m.batchSize;
+  const kvDim = hp.nKvHeads * hp.headDim;
+  const qDim = hp.nHeads * hp.headDim;
+  const kvBytes = 2 * hp.nLayers * ctx * kvDim * 4;
+  // Session buffers (per batch row: residual, norms, q/k/v, attention out, gate and up, as f32),
+  // attention scores, logits, the sparse path's per-neuron arrays, and allocator/thread slack.
+  const scratchBytes = batch * (2 * hp.dim + 2 * qDim + 2 * kvDim + 2 * hp.ffnDim) * 4 +
+    hp.nHeads * ctx * 4 + hp.vocabSize * 4 + 24 * hp.ffnDim * 4 + (32 << 20);
+  const plan = planMemory({
+    budget: o.memory,
+    runtimeBytes: residentBytes() ?? 0,
+    fixedWeightBytes,
+    predictorBytes,
+    kvBytes,
+    scratchBytes,
+    stride: bundles.layout.storedBytes,
+    nLayers: hp.nLayers,
+    ffnDim: hp.ffnDim,
+    hotShare: o.hotShare,
+    minColdSlots: Math.max(64, 2 * queueDepth),
+  });
+
+  const store = SparseFfn.createOffloaded(m.native, hp, sidecar, o.sparsity, bundles, plan, {
+    method: ioMethodIds[method],
+    queueDepth,
+    direct: o.direct ?? true,
+  });
+  try {
+    const t0 = performance.now();
+    for (let l = 0; l < hp.nLayers; l++) {
+      store.loadHot(l);
+      o.onProgress?.(l + 1, hp.nLayers);
+      // Let progress output and timers run between layers.
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    const report: OffloadReport = {
+      plan,
+      io: store.ioMethod()!,
+      cacheBytes: store.storeBytes,
+      loadSeconds: (performance.now() - t0) / 1000,
+    };
+    return { store, report };
+  } catch (e) {
+    store.destroy();
+    throw e;
+  }
+}

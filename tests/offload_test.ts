@@ -1,0 +1,241 @@
+/**
+ * Offloaded sparse FFNs (neurons read from a bundle file into a budgeted cache through the I/O
+ * ring) against the in-memory sparse path on the same model, sidecar and tokens: the logits must
+ * agree (the bundles hold the very bytes the in-memory store computes with), whatever the budget
+ * and I/O method; and every failure (a read error, a truncated file, io_uring unavailable, a budget
+ * too small) ends in a clear error or the fallback.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { loadModel, type Model } from "../core/model.ts";
+import { synthesizeModel } from "../models/synth.ts";
+import { calibrate } from "../core/calibrate.ts";
+import { packBundles } from "../core/pack.ts";
+import { core } from "../core/ffi.ts";
+import { SparrowError } from "../core/errors.ts";
+import type { IoMethod } from "../core/offload.ts";
+import { preloadNativeLibraries } from "./_models.ts";
+
+preloadNativeLibraries();
+
+const shape = { dim: 256, ffnDim: 768, nLayers: 3, nHeads: 8, nKvHeads: 4, vocabSize: 1000, contextLength: 256 };
+const tokens = [1, 17, 300, 42, 99, 5, 611, 8, 250, 77, 3, 500];
+const text = "The sparrow is a small bird. It lives in cities and fields, and it sings in the morning. ".repeat(40);
+const EIO = 5;
+const EPERM = 1;
+
+function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let rms = 0;
+  for (let i = 0; i < b.length; i++) rms += b[i] * b[i];
+  rms = Math.sqrt(rms / b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  return worst / rms;
+}
+
+interface Fixture {
+  dir: string;
+  model: string;
+  sidecar: string;
+  bundles: string;
+  /** In-memory sparse logits (predictor mode, prompts sparse too) at every position. */
+  want: Float32Array[];
+}
+
+async function makeFixture(): Promise<Fixture> {
+  const dir = await Deno.makeTempDir();
+  const model = join(dir, "m.gguf");
+  const sidecar = join(dir, "m.sparsity.gguf");
+  const bundles = join(dir, "m.bundles");
+  synthesizeModel(model, { shape, weightType: "q4_0", activation: "relu", sparseFfn: { sparsity: 0.8 }, seed: 3 });
+  using m = await loadModel(model, { threads: 2, contextLength: 256, batchSize: 32 });
+  await calibrate(m, sidecar, { text, tokens: 400, rank: 32, objective: "subspace" });
+  await packBundles(m, sidecar, bundles);
+  await m.prepareSparse({ sidecar });
+  using s = m.createSession({ allLogits: true, sparse: { mode: "predictor", sidecar, batches: true } });
+  const want = await s.evaluate(tokens);
+  return { dir, model, sidecar, bundles, want };
+}
+
+async function offloaded(
+  f: Fixture,
+  memoryOf: (fixedTotal: number, stride: number) => number,
+  ioMethod: IoMethod = "auto",
+  bundles = f.bundles,
+) {
+  const model = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
+  // A first plan with a generous budget gives the fixed region's size; then the real one.
+  const probe = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
+  let fixed = 0;
+  let stride = 0;
+  try {
+    const r = await probe.prepareOffload({ sidecar: f.sidecar, bundles, memory: 2 ** 34, ioMethod });
+    fixed = r.plan.fixed.total;
+    stride = r.plan.cacheBytes / (r.plan.hotPerLayer * shape.nLayers + r.plan.coldSlots);
+  } finally {
+    probe.close();
+  }
+  // The runtime's resident set moves a little between the two plans: leave it 8 MiB.
+  const report = await model.prepareOffload({
+    sidecar: f.sidecar,
+    bundles,
+    memory: memoryOf(fixed + (8 << 20), stride),
+    ioMethod,
+  });
+  return { model, report };
+}
+
+function faults(failRead = 0n, errno = 0, shortRead = 0n, shortEof = false, uringOff = 0) {
+  core().sp_io_set_faults(failRead, errno, shortRead, shortEof, uringOff, 0);
+}
+
+async function evaluate(model: Model, sidecar: string, bundles: string): Promise<Float32Array[]> {
+  using s = model.createSession({ allLogits: true, sparse: { mode: "predictor", sidecar, bundles } });
+  return await s.evaluate(tokens);
+}
+
+Deno.test("offloaded sparse FFNs", async (t) => {
+  const f = await makeFixture();
+  try {
+    const budgets: [string, (fixed: number, stride: number) => number][] = [
+      ["everything pinned", () => 2 ** 34],
+      ["half of the FFN on disk", (fixed, stride) => fixed + Math.ceil(0.5 * shape.nLayers * shape.ffnDim) * stride],
+      ["only the smallest cold region", (fixed, stride) => fixed + 64 * stride],
+    ];
+    for (const [name, memoryOf] of budgets) {
+      for (const method of ["io_uring", "pread_pool", "mmap"] as const) {
+        await t.step(`equal to in-memory sparse logits: ${name}, ${method}`, async () => {
+          const { model, report } = await offloaded(f, memoryOf, method);
+          try {
+            assert.equal(report.io.method, method, report.io.note);
+            const got = await evaluate(model, f.sidecar, f.bundles);
+            let worst = 0;
+            for (let p = 0; p < tokens.length; p++) worst = Math.max(worst, maxRelDiff(got[p], f.want[p]));
+            assert.ok(worst <= 1e-5, `max relative logit difference ${worst}`);
+          } finally {
+            model.close();
+          }
+        });
+      }
+    }
+
+    await t.step("the cache is used: hits and misses are counted, and a full cache reads nothing", async () => {
+      const small = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
+      try {
+        using s = small.model.createSession({ sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles } });
+        await s.evaluate(tokens);
+        const st = s.sparseStats();
+        assert.ok(st.readBytesPerToken > 0, "a small cache reads from disk");
+        assert.ok(st.hitRate > 0 && st.hitRate < 1, `hit rate ${st.hitRate}`);
+      } finally {
+        small.model.close();
+      }
+      const big = await offloaded(f, () => 2 ** 34);
+      try {
+        using s = big.model.createSession({ sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles } });
+        await s.evaluate(tokens);
+        const st = s.sparseStats();
+        assert.equal(st.readBytesPerToken, 0);
+        assert.equal(st.hotHitRate, 1);
+      } finally {
+        big.model.close();
+      }
+    });
+
+    await t.step("a read error reaches the caller, and the session recovers", async () => {
+      const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
+      try {
+        using s = model.createSession({
+          allLogits: true,
+          sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles },
+        });
+        faults(3n, EIO);
+        await assert.rejects(s.evaluate(tokens), (e: unknown) => {
+          assert.ok(e instanceof SparrowError && e.code === "io", String(e));
+          assert.match(e.message, /layer \d+ neuron position \d+ \(offset \d+\)/);
+          return true;
+        });
+        faults();
+        s.reset();
+        const got = await s.evaluate(tokens);
+        for (let p = 0; p < tokens.length; p++) assert.ok(maxRelDiff(got[p], f.want[p]) <= 1e-5);
+      } finally {
+        faults();
+        model.close();
+      }
+    });
+
+    await t.step("a short read at the end of the file is a truncation error", async () => {
+      const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
+      try {
+        using s = model.createSession({ sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles } });
+        faults(0n, 0, 2n, true);
+        await assert.rejects(
+          s.evaluate(tokens),
+          (e: unknown) => e instanceof SparrowError && e.code === "io" && /truncated/.test(e.message),
+        );
+      } finally {
+        faults();
+        model.close();
+      }
+    });
+
+    await t.step("io_uring unavailable: the pread pool takes over and says why", async () => {
+      faults(0n, 0, 0n, false, EPERM);
+      try {
+        const { model, report } = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
+        try {
+          assert.equal(report.io.method, "pread_pool");
+          assert.match(report.io.note, /io_uring/);
+          const got = await evaluate(model, f.sidecar, f.bundles);
+          for (let p = 0; p < tokens.length; p++) assert.ok(maxRelDiff(got[p], f.want[p]) <= 1e-5);
+        } finally {
+          model.close();
+        }
+      } finally {
+        faults();
+      }
+    });
+
+    await t.step("a truncated bundle file is refused when opened", async () => {
+      const cut = join(f.dir, "cut.bundles");
+      const bytes = await Deno.readFile(f.bundles);
+      await Deno.writeFile(cut, bytes.subarray(0, bytes.length - 5000));
+      using m = await loadModel(f.model, { threads: 2 });
+      await assert.rejects(
+        m.prepareOffload({ sidecar: f.sidecar, bundles: cut, memory: 2 ** 34 }),
+        (e: unknown) => e instanceof SparrowError && e.code === "bad_model" && e.message.includes(cut),
+      );
+    });
+
+    await t.step("a budget too small names the minimum", async () => {
+      using m = await loadModel(f.model, { threads: 2 });
+      await assert.rejects(
+        m.prepareOffload({ sidecar: f.sidecar, bundles: f.bundles, memory: 1 << 20 }),
+        (e: unknown) =>
+          e instanceof SparrowError && e.code === "invalid_argument" && /give at least \d+ MiB/.test(e.message),
+      );
+    });
+
+    await t.step("offloaded FFNs refuse oracle mode and a second session", async () => {
+      const { model } = await offloaded(f, () => 2 ** 34);
+      try {
+        assert.throws(
+          () => model.createSession({ sparse: { mode: "oracle", sidecar: f.sidecar, bundles: f.bundles } }),
+          (e: unknown) => e instanceof SparrowError && /predictor mode only/.test(e.message),
+        );
+        using first = model.createSession({ sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles } });
+        assert.throws(
+          () => model.createSession({ sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles } }),
+          (e: unknown) => e instanceof SparrowError && e.code === "busy",
+        );
+        void first;
+      } finally {
+        model.close();
+      }
+    });
+  } finally {
+    faults();
+    await Deno.remove(f.dir, { recursive: true });
+  }
+});
