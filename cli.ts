@@ -5,18 +5,21 @@
  * deno run --allow-all jsr:@sparrow/sparrow/cli generate --prompt "Once upon a time"
  * ```
  *
- * Commands: generate, chat, info, fetch-model, convert-llama2c, synth. `sparrow <command> --help`
+ * Commands: generate, chat, calibrate, eval, pack, info, fetch-model, convert-llama2c. `sparrow <command> --help`
  * describes each. Arguments are parsed with `node:util` parseArgs (JSR's @std/cli is not reachable
  * from the build machines).
  *
  * @module
  */
 import { UsageError } from "./cli/args.ts";
+import { calibrateCommand, calibrateHelp } from "./cli/calibrate.ts";
 import { chatCommand, chatHelp } from "./cli/chat.ts";
 import { convertLlama2cCommand, convertLlama2cHelp } from "./cli/convert_llama2c.ts";
+import { evalCommand, evalHelp } from "./cli/eval.ts";
 import { fetchModelCommand, fetchModelHelp } from "./cli/fetch_model.ts";
 import { generateCommand, generateHelp } from "./cli/generate.ts";
 import { infoCommand, infoHelp } from "./cli/info.ts";
+import { packCommand, packHelp } from "./cli/pack.ts";
 import { SparrowError } from "./core/errors.ts";
 
 const commands: Record<string, { run: (args: string[]) => unknown; help: string; summary: string }> = {
@@ -26,6 +29,13 @@ const commands: Record<string, { run: (args: string[]) => unknown; help: string;
     summary: "complete a prompt (text to stdout, timings to stderr)",
   },
   chat: { run: chatCommand, help: chatHelp, summary: "interactive conversation with the chat template" },
+  calibrate: {
+    run: calibrateCommand,
+    help: calibrateHelp,
+    summary: "learn which FFN neurons fire; write the sparsity sidecar",
+  },
+  eval: { run: evalCommand, help: evalHelp, summary: "sparse vs dense: KL, top-1, perplexity, decode speed" },
+  pack: { run: packCommand, help: packHelp, summary: "write the neuron bundles flash offload streams from" },
   info: { run: infoCommand, help: infoHelp, summary: "describe a model file" },
   "fetch-model": { run: fetchModelCommand, help: fetchModelHelp, summary: "download and verify the default model" },
   "convert-llama2c": {

@@ -62,3 +62,11 @@ export { type GgufFile, type GgufTensorInfo, type GgufValue, readGguf } from "./
 export type { GgmlTypeInfo } from "./core/gguf_types.ts";
 export { defaultModel, defaultModelPath, ensureDefaultModel, type FetchProgress } from "./core/default_model.ts";
 export type { Activation, LlamaHparams, RopeLayout } from "./core/model_desc.ts";
+export type { DownType, LayerSparseStats, SparseMode, SparseOptions, SparseStats } from "./core/sparse.ts";
+export {
+  evaluateSparsity,
+  type EvaluateSparsityOptions,
+  type SparsityConfig,
+  type SparsityEvaluation,
+  type SparsityPoint,
+} from "./core/evaluate.ts";

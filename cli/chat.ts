@@ -11,10 +11,17 @@ import {
   modelOptionsHelp,
   note,
   openModel,
+  prepareSparseCli,
+  resolveSparse,
   samplerOptions,
   samplingOptions,
   samplingOptionsHelp,
+  sparseArgs,
+  sparseOptions,
+  sparseOptionsHelp,
+  sparseStatsLine,
 } from "./common.ts";
+import { ffnBytesPerToken } from "../core/evaluate.ts";
 import { statsLine } from "./generate.ts";
 import { type ChatMessage, formatChat } from "../core/chat_template.ts";
 
@@ -28,11 +35,13 @@ Reads lines from stdin, so it also works with piped input.
 
       --system TEXT       system message (default: the template's own, if any)
   -n, --max-tokens N      most tokens per reply (default 512)
-      --stats             print timings after each reply
+      --stats             print timings (and sparse FFN statistics) after each reply
 
 ${modelOptionsHelp}
 
-${samplingOptionsHelp}`;
+${samplingOptionsHelp}
+
+${sparseOptionsHelp.replace("stderr gets one more line", "--stats prints one more line")}`;
 
 async function* lines(): AsyncGenerator<string> {
   const decoder = new TextDecoder();
@@ -53,6 +62,7 @@ export async function chatCommand(args: string[]): Promise<void> {
   const p: Parsed = parse(args, {
     ...modelOptions,
     ...samplingOptions,
+    ...sparseOptions,
     system: { type: "string" },
     "max-tokens": { type: "string", short: "n" },
     stats: { type: "boolean" },
@@ -60,6 +70,7 @@ export async function chatCommand(args: string[]): Promise<void> {
   if (p.values.help) return void console.log(chatHelp);
   const maxTokens = int(p, "max-tokens", 1, 1 << 24) ?? 512;
   const sampling = samplerOptions(p);
+  const sparseGiven = sparseArgs(p);
   const { model, loadMs } = await openModel(p);
   const template = model.gguf.metadata.get("tokenizer.chat_template") as string | undefined;
   const system = str(p, "system");
@@ -67,7 +78,9 @@ export async function chatCommand(args: string[]): Promise<void> {
   const tty = Deno.stdin.isTerminal();
   const prompt = () => tty && Deno.stdout.writeSync(enc.encode("> "));
   try {
-    using session = model.createSession();
+    const sparse = resolveSparse(sparseGiven, model.info.path);
+    if (sparse) await prepareSparseCli(model, sparse, sparseGiven);
+    using session = model.createSession({ sparse });
     note(`sparrow: ${model.info.name} loaded in ${loadMs.toFixed(0)} ms; /exit to quit, /reset to start over`);
     let messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
     prompt();
@@ -94,7 +107,13 @@ export async function chatCommand(args: string[]): Promise<void> {
         }
         if (ev.type === "done") {
           await Deno.stdout.write(enc.encode("\n"));
-          if (p.values.stats) note(statsLine(ev.stats, loadMs, model.defaults.threads));
+          if (p.values.stats) {
+            note(statsLine(ev.stats, loadMs, model.defaults.threads));
+            if (sparse) {
+              const stats = session.sparseStats(true);
+              note(sparseStatsLine(stats, sparse, ffnBytesPerToken(model, stats, sparse.mode)));
+            }
+          }
           if (ev.stats.stopReason === "context_full") note("sparrow: the context is full; /reset to start over");
         }
       }

@@ -9,10 +9,17 @@ import {
   modelOptionsHelp,
   note,
   openModel,
+  prepareSparseCli,
+  resolveSparse,
   samplerOptions,
   samplingOptions,
   samplingOptionsHelp,
+  sparseArgs,
+  sparseOptions,
+  sparseOptionsHelp,
+  sparseStatsLine,
 } from "./common.ts";
+import { ffnBytesPerToken } from "../core/evaluate.ts";
 import { formatChat } from "../core/chat_template.ts";
 import type { GenerationStats } from "../core/session.ts";
 
@@ -33,6 +40,8 @@ ${modelOptionsHelp}
 
 ${samplingOptionsHelp}
 
+${sparseOptionsHelp}
+
 The generated text goes to stdout; load time, prefill and decode speed go to stderr.`;
 
 /** Formats one generation's timings for stderr. */
@@ -51,6 +60,7 @@ export async function generateCommand(args: string[]): Promise<void> {
   const p: Parsed = parse(args, {
     ...modelOptions,
     ...samplingOptions,
+    ...sparseOptions,
     prompt: { type: "string", short: "p" },
     "prompt-file": { type: "string" },
     "max-tokens": { type: "string", short: "n" },
@@ -69,9 +79,12 @@ export async function generateCommand(args: string[]): Promise<void> {
   if (prompt === undefined) throw new UsageError("--prompt is required");
   const maxTokens = int(p, "max-tokens", 0, 1 << 24) ?? 256;
   const sampling = samplerOptions(p);
+  const sparseGiven = sparseArgs(p);
 
   const { model, loadMs } = await openModel(p);
   try {
+    const sparse = resolveSparse(sparseGiven, model.info.path);
+    if (sparse) await prepareSparseCli(model, sparse, sparseGiven);
     const chat = p.values.chat === true;
     const system = str(p, "system");
     const text = chat
@@ -83,7 +96,7 @@ export async function generateCommand(args: string[]): Promise<void> {
         addGenerationPrompt: true,
       })
       : prompt;
-    using session = model.createSession();
+    using session = model.createSession({ sparse });
     const out = Deno.stdout;
     const enc = new TextEncoder();
     if (p.values.echo) await out.write(enc.encode(text));
@@ -99,6 +112,10 @@ export async function generateCommand(args: string[]): Promise<void> {
       if (ev.type === "done") {
         await out.write(enc.encode("\n"));
         note(statsLine(ev.stats, loadMs, model.defaults.threads));
+        if (sparse) {
+          const stats = session.sparseStats();
+          note(sparseStatsLine(stats, sparse, ffnBytesPerToken(model, stats, sparse.mode)));
+        }
       }
     }
   } finally {

@@ -70,6 +70,44 @@ export interface OffloadModel {
   batchSize: number;
 }
 
+/** The fixed region but the runtime: weights, predictors, KV cache and scratch, in bytes. */
+export interface FixedRegion {
+  fixedWeightBytes: number;
+  predictorBytes: number;
+  kvBytes: number;
+  scratchBytes: number;
+}
+
+/**
+ * What every token needs resident whatever fires (the runtime aside): the non-FFN weights (the
+ * token embedding table only when the classifier shares it: otherwise a token reads one row), the
+ * predictors, the KV cache (f32) and the session scratch.
+ */
+export function fixedRegion(
+  m: Pick<OffloadModel, "gguf" | "hparams" | "tiedEmbeddings" | "contextLength" | "batchSize">,
+  predictors: readonly ({ fc1: { nBytes: number }; fc2: { nBytes: number }; bias?: { nBytes: number } } | undefined)[],
+  o: Pick<OffloadOptions, "contextLength" | "batchSize"> = {},
+): FixedRegion {
+  const hp = m.hparams;
+  const fixedWeightBytes = [...m.gguf.tensors.values()]
+    .filter((t) => !/ffn_(gate|up|down)/.test(t.name) && (t.name !== "token_embd.weight" || m.tiedEmbeddings))
+    .reduce((a, t) => a + t.nBytes, 0);
+  const predictorBytes = predictors.reduce(
+    (a, p) => a + (p ? p.fc1.nBytes + p.fc2.nBytes + (p.bias?.nBytes ?? 0) : 0),
+    0,
+  );
+  const ctx = o.contextLength ?? m.contextLength;
+  const batch = o.batchSize ?? m.batchSize;
+  const kvDim = hp.nKvHeads * hp.headDim;
+  const qDim = hp.nHeads * hp.headDim;
+  const kvBytes = 2 * hp.nLayers * ctx * kvDim * 4;
+  // Session buffers (per batch row: residual, norms, q/k/v, attention out, gate and up, as f32),
+  // attention scores, logits, the sparse path's per-neuron arrays, and allocator/thread slack.
+  const scratchBytes = batch * (2 * hp.dim + 2 * qDim + 2 * kvDim + 2 * hp.ffnDim) * 4 +
+    hp.nHeads * ctx * 4 + hp.vocabSize * 4 + 24 * hp.ffnDim * 4 + (32 << 20);
+  return { fixedWeightBytes, predictorBytes, kvBytes, scratchBytes };
+}
+
 /**
  * Builds offloaded sparse FFNs for a model.
  *
@@ -97,31 +135,11 @@ export async function buildOffload(
   const sidecar = readSidecar(o.sidecar, hp, m.fingerprint);
   const bundles = readBundleFile(o.bundles, hp, { model: m.fingerprint, sidecar: await modelFingerprint(o.sidecar) });
 
-  // The fixed region: what every token reads whatever fires.
-  const tensors = [...m.gguf.tensors.values()];
-  const fixedWeightBytes = tensors
-    .filter((t) => !/ffn_(gate|up|down)/.test(t.name) && (t.name !== "token_embd.weight" || m.tiedEmbeddings))
-    .reduce((a, t) => a + t.nBytes, 0);
-  const predictorBytes = sidecar.predictors.reduce(
-    (a, p) => a + (p ? p.fc1.nBytes + p.fc2.nBytes + (p.bias?.nBytes ?? 0) : 0),
-    0,
-  );
-  const ctx = o.contextLength ?? m.contextLength;
-  const batch = o.batchSize ?? m.batchSize;
-  const kvDim = hp.nKvHeads * hp.headDim;
-  const qDim = hp.nHeads * hp.headDim;
-  const kvBytes = 2 * hp.nLayers * ctx * kvDim * 4;
-  // Session buffers (per batch row: residual, norms, q/k/v, attention out, gate and up, as f32),
-  // attention scores, logits, the sparse path's per-neuron arrays, and allocator/thread slack.
-  const scratchBytes = batch * (2 * hp.dim + 2 * qDim + 2 * kvDim + 2 * hp.ffnDim) * 4 +
-    hp.nHeads * ctx * 4 + hp.vocabSize * 4 + 24 * hp.ffnDim * 4 + (32 << 20);
+  const fixed = fixedRegion(m, sidecar.predictors, o);
   const plan = planMemory({
     budget: o.memory,
     runtimeBytes: residentBytes() ?? 0,
-    fixedWeightBytes,
-    predictorBytes,
-    kvBytes,
-    scratchBytes,
+    ...fixed,
     stride: bundles.layout.storedBytes,
     nLayers: hp.nLayers,
     ffnDim: hp.ffnDim,
