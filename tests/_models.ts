@@ -57,3 +57,14 @@ export function preloadNativeLibraries(): void {
   core();
   loadBackend("cpu");
 }
+
+/**
+ * Lines of this process's memory map that map `path`. Read by `cat`: Deno asks for --allow-all to
+ * read /proc/self/maps itself, and the test command grants --allow-run, not everything.
+ */
+export function mappingsOf(path: string): string[] {
+  const out = new Deno.Command("cat", { args: [`/proc/${Deno.pid}/maps`], stdout: "piped", stderr: "piped" })
+    .outputSync();
+  if (!out.success) throw new Error(`cat /proc/${Deno.pid}/maps: ${new TextDecoder().decode(out.stderr)}`);
+  return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.endsWith(path));
+}
