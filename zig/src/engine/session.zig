@@ -253,6 +253,8 @@ fn allocScratch(s: *Session, max_rank: usize, cluster_size: usize) !sparse_ffn.S
     errdefer a.free(sc.act_up);
     sc.active_count = try a.alloc(u64, threads);
     errdefer a.free(sc.active_count);
+    sc.up_rows = try a.alloc(u64, threads);
+    errdefer a.free(sc.up_rows);
     sc.stats = try a.alloc(sparse_ffn.LayerStats, hp.n_layers);
     @memset(sc.stats, .{});
     return sc;
@@ -271,6 +273,7 @@ fn freeScratch(a: std.mem.Allocator, sc: sparse_ffn.Scratch) void {
     a.free(sc.act);
     a.free(sc.act_up);
     a.free(sc.active_count);
+    a.free(sc.up_rows);
     a.free(sc.stats);
 }
 

@@ -101,12 +101,30 @@ pub fn prepareActivation(w: DType, x: []const f32, out: []u8) void {
 }
 
 /// dot(row, act) for `n` elements; `row` of type `w`, `act` prepared by `prepareActivation`.
+/// Made for rows read one after another (a matrix-vector product): it prefetches past the row's end.
 pub fn dot(w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
+    return dotWith(true, w, row, act, n);
+}
+
+/// `dot` for a row gathered from anywhere (sparse FFNs): no prefetching past the row, whose next
+/// bytes belong to a row that is likely not needed; the caller prefetches the rows it will read
+/// next with `prefetchRow`.
+pub fn dotGathered(w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
+    return dotWith(false, w, row, act, n);
+}
+
+/// Asks for the `bytes` at `row` to be brought into the cache (one prefetch per 64-byte line).
+pub inline fn prefetchRow(row: [*]const u8, bytes: usize) void {
+    var off: usize = 0;
+    while (off < bytes) : (off += 64) @prefetch(row + off, .{});
+}
+
+fn dotWith(comptime ahead: bool, w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
     return switch (w) {
         .f32 => dotF32(@ptrCast(@alignCast(row)), @ptrCast(@alignCast(act)), n),
         .f16 => dotF16(row, @ptrCast(@alignCast(act)), n),
         .bf16 => dotBf16(row, @ptrCast(@alignCast(act)), n),
-        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| dot32(t, row, Q8Act.of(act, n), n / qk),
+        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| dot32(t, ahead, row, Q8Act.of(act, n), n / qk),
         inline .q4_k, .q5_k => |t| dotQ4K(t, row, @ptrCast(act), n / qk_k),
         .q6_k => dotQ6K(@ptrCast(row), @ptrCast(act), n / qk_k),
         else => unreachable,
@@ -196,7 +214,7 @@ const prefetch_batches = 32;
 /// q8_0: sum_b d_w d_x q.x
 /// q4_0, q5_0: sum_b d_w d_x q.x - c sum_b d_w s_b   (c = 8 or 16; q the unsigned 4/5-bit values)
 /// q4_1, q5_1: sum_b d_w d_x q.x + sum_b m_w s_b
-fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
+fn dot32(comptime w_type: DType, comptime ahead: bool, row: [*]const u8, x: Q8Act, nb: usize) f32 {
     const bb = comptime w_type.blockBytes().?;
     const has_min = comptime (w_type == .q4_1 or w_type == .q5_1);
     const offset_scale: f32 = comptime switch (w_type) {
@@ -217,9 +235,11 @@ fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
     }) {
         // The hardware prefetcher follows the row, but starts late at each row's beginning and
         // stops at page boundaries; asking for the data a few batches ahead keeps loads in flight.
-        @prefetch(wp + prefetch_batches * 8 * bb, .{});
-        @prefetch(wp + prefetch_batches * 8 * bb + 64, .{});
-        @prefetch(wp + prefetch_batches * 8 * bb + 128, .{});
+        if (ahead) {
+            @prefetch(wp + prefetch_batches * 8 * bb, .{});
+            @prefetch(wp + prefetch_batches * 8 * bb + 64, .{});
+            @prefetch(wp + prefetch_batches * 8 * bb + 128, .{});
+        }
         const dw = scales8(wp, bb);
         if (offset_scale != 0) off = @mulAdd(F32x8, if (has_min) scales8(wp + 2, bb) else dw, x.sums[b..][0..8].*, off);
         var dd: [8]f32 align(32) = undefined;
@@ -234,7 +254,9 @@ fn dot32(comptime w_type: DType, row: [*]const u8, x: Q8Act, nb: usize) f32 {
         const blk = row + b * bb;
         const dw = f16At(blk);
         const p: F32x8 = @floatFromInt(blockDot32(w_type, blk, &x.qs[b]));
-        tail += dw * x.dx[b] * @reduce(.Add, p);
+        // Into the vector accumulators: short rows (a rank-128 predictor's 4 blocks) are all tail,
+        // and a horizontal sum per block cost as much as the block's dot product.
+        acc[b & 3] = @mulAdd(F32x8, @splat(dw * x.dx[b]), p, acc[b & 3]);
         if (offset_scale != 0) tail += offset_scale * (if (has_min) f16At(blk + 2) else dw) * x.sums[b];
     }
     return @reduce(.Add, (acc[0] + acc[1]) + (acc[2] + acc[3])) + offset_scale * @reduce(.Add, off) + tail;

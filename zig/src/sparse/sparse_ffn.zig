@@ -74,6 +74,7 @@ pub const Scratch = struct {
     act: []align(64) u8, // prepared x for the gate rows
     act_up: []align(64) u8, // prepared x for the up rows, when their format differs
     active_count: []u64, // (threads)
+    up_rows: []u64, // (threads) up rows read: candidates whose gate fired
     stats: []LayerStats, // (layers)
 };
 
@@ -94,6 +95,7 @@ const Job = struct {
         const hp = s.model.hp;
         const y = sc.y[thread * hp.dim ..][0..hp.dim];
         var active: u64 = 0;
+        var up_rows: u64 = 0;
         for (begin..end) |c| {
             const a = sc.cluster_start[c];
             const b = sc.cluster_start[c + 1];
@@ -105,10 +107,21 @@ const Job = struct {
             } else {
                 s.backend.sparseMatvec(self.gate, sc.act.ptr, rows, g.ptr);
             }
-            s.backend.sparseMatvec(self.up, self.act_up, rows, u.ptr);
-            // Compact the neurons whose output is not zero to the front of the cluster's range.
-            var n: usize = 0;
+            // A neuron whose gate does not fire outputs zero whatever its up row says (ReLU, dReLU,
+            // and SwiGLU under the CATS cut): compact the firing ones to the front of the cluster's
+            // range and read up rows for those only (a quarter of a predictor's candidates are misses).
+            var m: usize = 0;
             for (0..rows.len) |j| {
+                if (!gateFires(hp.activation, g[j], self.cats)) continue;
+                rows[m] = rows[j];
+                sc.sel_perm[a + m] = sc.sel_perm[a + j];
+                g[m] = g[j];
+                m += 1;
+            }
+            s.backend.sparseMatvec(self.up, self.act_up, rows[0..m], u.ptr);
+            up_rows += m;
+            var n: usize = 0;
+            for (0..m) |j| {
                 const h = activate(hp.activation, g[j], u[j], self.cats);
                 if (h == 0) continue;
                 sc.sel_perm[a + n] = sc.sel_perm[a + j];
@@ -119,6 +132,7 @@ const Job = struct {
             active += n;
         }
         sc.active_count[thread] += active;
+        sc.up_rows[thread] += up_rows;
     }
 };
 
@@ -183,27 +197,21 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         bytes += layer.ffn_gate.row_bytes * ffn;
     }
 
-    // 2. selection in hot-first order, grouped into clusters
+    // 2. selection in hot-first order, grouped into clusters of `cluster_size` selected neurons
+    // (not of that many positions: 90% of the positions of a cold range are not selected, and a
+    // cluster of two rows pays a pass over y per row instead of per 4 rows)
     const k_size: usize = cfg.cluster_size;
     var n_sel: usize = 0;
-    var n_clusters: usize = 0;
-    sc.cluster_start[0] = 0;
-    var k: usize = 0;
-    while (k < ffn) : (k += k_size) {
-        const end = @min(k + k_size, ffn);
-        for (perm[k..end], k..) |i, kk| {
-            const pick = if (use_predictor) sc.scores[i] >= ls.score_threshold else gateFires(hp.activation, sc.scores[i], ls.cats_threshold);
-            if (pick) {
-                sc.sel_model[n_sel] = i;
-                sc.sel_perm[n_sel] = @intCast(kk);
-                n_sel += 1;
-            }
-        }
-        if (n_sel > sc.cluster_start[n_clusters]) {
-            n_clusters += 1;
-            sc.cluster_start[n_clusters] = @intCast(n_sel);
+    for (perm, 0..) |i, kk| {
+        const pick = if (use_predictor) sc.scores[i] >= ls.score_threshold else gateFires(hp.activation, sc.scores[i], ls.cats_threshold);
+        if (pick) {
+            sc.sel_model[n_sel] = i;
+            sc.sel_perm[n_sel] = @intCast(kk);
+            n_sel += 1;
         }
     }
+    const n_clusters = (n_sel + k_size - 1) / k_size;
+    for (0..n_clusters + 1) |c| sc.cluster_start[c] = @intCast(@min(c * k_size, n_sel));
     if (verify) {
         // Ground truth: neurons the whole gate says fire (for dReLU, the up sign is not known
         // without computing up for every neuron, so recall is measured against the gate).
@@ -231,6 +239,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     };
     @memset(sc.y, 0);
     @memset(sc.active_count, 0);
+    @memset(sc.up_rows, 0);
     var down_row_bytes: u64 = undefined;
     if (sm.offload) |o| {
         var io = offload_ffn.IoCounters{};
@@ -257,11 +266,17 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     }
     var active: u64 = 0;
     for (sc.active_count) |a| active += a;
+    // In memory, up rows are read for the candidates whose gate fired; a bundle holds both rows.
+    var up_rows: u64 = n_sel;
+    if (sm.offload == null) {
+        up_rows = 0;
+        for (sc.up_rows) |r| up_rows += r;
+    }
     st.candidates += n_sel;
     st.active += active;
     st.clusters += n_clusters;
     if (!gate_known) bytes += n_sel * gate_dtype.rowBytes(hp.dim).?;
-    bytes += n_sel * up_dtype.rowBytes(hp.dim).? + active * down_row_bytes;
+    bytes += up_rows * up_dtype.rowBytes(hp.dim).? + active * down_row_bytes;
     st.bytes += bytes;
     return .ok;
 }
