@@ -5,7 +5,7 @@
  * deno run --allow-all jsr:@sparrow/sparrow/cli generate --prompt "Once upon a time"
  * ```
  *
- * Commands: generate, chat, calibrate, eval, pack, info, fetch-model, convert-llama2c. `sparrow <command> --help`
+ * Commands: generate, chat, calibrate, eval, pack, info, fetch-model, convert-llama2c, synth. `sparrow <command> --help`
  * describes each. Arguments are parsed with `node:util` parseArgs (JSR's @std/cli is not reachable
  * from the build machines).
  *
@@ -20,6 +20,7 @@ import { fetchModelCommand, fetchModelHelp } from "./cli/fetch_model.ts";
 import { generateCommand, generateHelp } from "./cli/generate.ts";
 import { infoCommand, infoHelp } from "./cli/info.ts";
 import { packCommand, packHelp } from "./cli/pack.ts";
+import { synthCommand, synthHelp } from "./cli/synth.ts";
 import { SparrowError } from "./core/errors.ts";
 
 const commands: Record<string, { run: (args: string[]) => unknown; help: string; summary: string }> = {
@@ -43,6 +44,7 @@ const commands: Record<string, { run: (args: string[]) => unknown; help: string;
     help: convertLlama2cHelp,
     summary: "llama2.c checkpoint + tokenizer to GGUF",
   },
+  synth: { run: synthCommand, help: synthHelp, summary: "write a synthetic model (real shapes, seeded weights)" },
 };
 
 const usage = `sparrow: LLM inference for machines with little memory and few cores

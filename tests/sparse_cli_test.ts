@@ -7,26 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { synthesizeModel } from "../models/synth.ts";
-import { repoRoot } from "./_models.ts";
-
-async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-ffi",
-      "--allow-run",
-      join(repoRoot, "cli.ts"),
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { runCli } from "./_cli.ts";
 
 Deno.test("sparrow calibrate, eval and generate --sparse on a tiny model", async () => {
   const dir = await Deno.makeTempDir();

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { convertLlama2c } from "../models/convert_llama2c.ts";
 import { loadModel } from "../core/model.ts";
 import { preloadNativeLibraries, repoRoot, sharedModelsDir, skip } from "./_models.ts";
+import { runCli } from "./_cli.ts";
 
 preloadNativeLibraries();
 
@@ -21,25 +22,6 @@ interface Case {
 
 const reference = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. " +
   "One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily";
-
-async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-ffi",
-      "--allow-run",
-      join(repoRoot, "cli.ts"),
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 Deno.test("stories260K through the CLI reproduces the reference output", async () => {
   const shared = sharedModelsDir();
