@@ -39,13 +39,16 @@
  * - SPARROW_OFFLOAD_SIDECAR, SPARROW_OFFLOAD_BUNDLES: the model's sidecar and bundle file (default:
  *   `<model>.subspace.sparsity.gguf` and `<model>.bundles` beside it, `<model>` without `.gguf`;
  *   made when missing, and the bundles again whenever the sidecar is made); SPARROW_OFFLOAD_ALIGN:
- *   the pack alignment when making them (default 4096).
+ *   the pack alignment when making them (default 512: the block size O_DIRECT needs on the disks
+ *   this was measured on; `sparrow pack`'s 4096 pads a 7B Q4_0 bundle of 8960 bytes to 12288, and
+ *   the cache would hold 27% fewer neurons in the same budget).
  * - SPARROW_OFFLOAD_LIMIT: sparrow's budget and the memory limit of the limited runs (offload,
  *   llama-b), bytes or with a K/M/G/T suffix (binary). Default: sparrow's fixed region as
  *   core/offload.ts counts it (non-FFN weights, predictors, KV cache and scratch of the run's
- *   256-position, 32-batch session) plus the runtime (the resident size of a child that has just
- *   loaded and fingerprinted the model, what the offload planner measures as its runtime, plus 16
- *   MiB for its variation between processes) plus 50% of the model's FFN weight bytes.
+ *   256-position, 32-batch session, and core/memory_budget.ts's headroom) plus the runtime (the
+ *   resident size of a child that has just loaded and fingerprinted the model, what the offload
+ *   planner measures as its runtime, plus 16 MiB for its variation between processes) plus 50% of
+ *   the bundle file's neuron bytes: half of the FFN neurons fit in the cache, half stay on disk.
  * - SPARROW_OFFLOAD_DIRECT_MODEL: the model of a directly mapped type for the second (b) run
  *   (default: the default model's Q4_1 twin, generated once beside it; none for other models, unless
  *   their own type is not repacked, when (b) already is that run). "none" skips it.
@@ -67,9 +70,10 @@
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { calibrate } from "../core/calibrate.ts";
+import { readBundleFile } from "../core/bundle_format.ts";
 import { readGguf } from "../core/gguf.ts";
 import { ggmlTypeName } from "../core/gguf_types.ts";
-import { parseBytes } from "../core/memory_budget.ts";
+import { headroomBytes, parseBytes } from "../core/memory_budget.ts";
 import { loadModel } from "../core/model.ts";
 import { modelFingerprint } from "../core/model_fingerprint.ts";
 import { fixedRegion } from "../core/offload.ts";
@@ -160,7 +164,7 @@ const threads = Number(Deno.env.get("SPARROW_BENCH_THREADS") ?? navigator.hardwa
 const deadlineMs = Number(Deno.env.get("SPARROW_OFFLOAD_DEADLINE_S") ?? 300) * 1000;
 const decodeTokens = Number(Deno.env.get("SPARROW_OFFLOAD_TOKENS") ?? 32);
 const promptTokens = 8;
-const alignment = Number(Deno.env.get("SPARROW_OFFLOAD_ALIGN") ?? 4096);
+const alignment = Number(Deno.env.get("SPARROW_OFFLOAD_ALIGN") ?? 512);
 const wanted = selectedRuns();
 const limitEnv = Deno.env.get("SPARROW_OFFLOAD_LIMIT");
 let limitOverride: number | undefined;
@@ -352,18 +356,22 @@ async function defaultLimit(): Promise<{ bytes: number; how: string }> {
     sidecar.predictors,
   );
   const runtime = await probeRuntime();
-  const fixedBytes = fixed.fixedWeightBytes + fixed.predictorBytes + fixed.kvBytes + fixed.scratchBytes;
-  const raw = runtime.bytes + fixedBytes + 0.5 * summary.ffn;
+  const headroom = headroomBytes(fixed.predictorBytes);
+  const fixedBytes = fixed.fixedWeightBytes + fixed.predictorBytes + fixed.kvBytes + fixed.scratchBytes + headroom;
+  // Half of the neurons in the cache, half on disk: half of the bundle file's neuron bytes (the
+  // bundles are larger than the GGUF's FFN rows: a Q8_0 down column, and padding).
+  const bundles = readBundleFile(bundlesPath, hp);
+  const neuronBytes = bundles.layout.storedBytes * hp.nLayers * hp.ffnDim;
+  const raw = runtime.bytes + fixedBytes + 0.5 * neuronBytes;
   const bytes = Math.ceil(raw / 4096) * 4096;
   const m = (n: number) => (n / mib).toFixed(0);
   return {
     bytes,
-    how:
-      `runtime ${m(runtime.bytes)} MiB (${runtime.how}) + fixed ${m(fixedBytes)} MiB (weights ${
-        m(fixed.fixedWeightBytes)
-      }, ` +
-      `predictors ${m(fixed.predictorBytes)}, KV ${m(fixed.kvBytes)}, scratch ${m(fixed.scratchBytes)}) + 50% of FFN ` +
-      `${m(summary.ffn)} MiB`,
+    how: `runtime ${m(runtime.bytes)} MiB (${runtime.how}) + fixed ${m(fixedBytes)} MiB (weights ${
+      m(fixed.fixedWeightBytes)
+    }, predictors ${m(fixed.predictorBytes)}, KV ${m(fixed.kvBytes)}, scratch ${m(fixed.scratchBytes)}, headroom ${
+      m(headroom)
+    }) + 50% of the bundles' ${m(neuronBytes)} MiB of neurons (the GGUF's FFN: ${m(summary.ffn)} MiB)`,
   };
 }
 
@@ -371,7 +379,8 @@ const cgroup = memoryCgroupAvailable();
 if (!cgroup.ok) log(`no memory cgroup: only the sparrow in-memory runs, unmeasured by a group (${cgroup.why})`);
 
 const needLimit = wanted.has("offload") || wanted.has("llama-b");
-await prepareFiles(wanted.has("sparse") || (needLimit && limitOverride === undefined), wanted.has("offload"));
+const limitNeedsFiles = needLimit && limitOverride === undefined;
+await prepareFiles(wanted.has("sparse") || limitNeedsFiles, wanted.has("offload") || limitNeedsFiles);
 const limit = !needLimit
   ? undefined
   : limitOverride !== undefined

@@ -46,7 +46,15 @@ export interface MemoryPlanInput {
 export interface MemoryPlan {
   budget: number;
   /** Fixed region, itemised. */
-  fixed: { runtime: number; weights: number; predictors: number; kv: number; scratch: number; total: number };
+  fixed: {
+    runtime: number;
+    weights: number;
+    predictors: number;
+    kv: number;
+    scratch: number;
+    headroom: number;
+    total: number;
+  };
   /** Top-ranked neurons pinned per layer. */
   hotPerLayer: number;
   /** LRU slots shared by all layers. */
@@ -57,6 +65,14 @@ export interface MemoryPlan {
   offloadedShare: number;
   /** The rule, in words, with the figures. */
   explanation: string;
+}
+
+/**
+ * The fixed region's headroom (see {@link planMemory}): 64 MiB for the runtime's growth after the
+ * plan, plus the sidecar's page cache, as large as the predictors.
+ */
+export function headroomBytes(predictorBytes: number): number {
+  return 64 * 2 ** 20 + predictorBytes;
 }
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
@@ -73,13 +89,21 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
   if (!(hotShare >= 0 && hotShare <= 1)) {
     throw new SparrowError("invalid_argument", `hot share ${hotShare} is outside [0, 1]`);
   }
-  const fixedTotal = i.runtimeBytes + i.fixedWeightBytes + i.predictorBytes + i.kvBytes + i.scratchBytes;
+  // Headroom: memory the process is charged for that no region accounts for: the page cache of the
+  // sidecar (read once at load; as large as the predictors) and of the model's header, and the
+  // runtime's growth after it was measured (JIT code, thread stacks, the ring). Without it the
+  // memory group sits at its limit and reclaims the only clean pages it can, the mapped non-FFN
+  // weights, which every token then reads again from disk (measured: 2 s per token instead of 0.1
+  // on a 7B shape).
+  const headroom = headroomBytes(i.predictorBytes);
+  const fixedTotal = i.runtimeBytes + i.fixedWeightBytes + i.predictorBytes + i.kvBytes + i.scratchBytes + headroom;
   const fixed = {
     runtime: i.runtimeBytes,
     weights: i.fixedWeightBytes,
     predictors: i.predictorBytes,
     kv: i.kvBytes,
     scratch: i.scratchBytes,
+    headroom,
     total: fixedTotal,
   };
   const minimum = fixedTotal + minCold * i.stride;
@@ -90,7 +114,7 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
         mib(i.runtimeBytes)
       }, non-FFN weights ${mib(i.fixedWeightBytes)}, predictors ${mib(i.predictorBytes)}, KV cache ${
         mib(i.kvBytes)
-      }, scratch ${mib(i.scratchBytes)}) and the neuron cache at least ${minCold} bundles (${
+      }, scratch ${mib(i.scratchBytes)}, headroom ${mib(headroom)}) and the neuron cache at least ${minCold} bundles (${
         mib(minCold * i.stride)
       }); give at least ${mib(minimum)}`,
     );
@@ -109,11 +133,11 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
   const offloadedShare = 1 - (hotPerLayer * i.nLayers) / allSlots;
   const explanation = `budget ${mib(i.budget)}: fixed ${mib(fixedTotal)} (runtime ${mib(i.runtimeBytes)}, weights ${
     mib(i.fixedWeightBytes)
-  }, predictors ${mib(i.predictorBytes)}, KV ${mib(i.kvBytes)}, scratch ${mib(i.scratchBytes)}); neuron cache ${
-    mib(cacheBytes)
-  }: hot ${hotPerLayer} of ${i.ffnDim} neurons per layer (${
-    (hotShare * 100).toFixed(0)
-  }% of the cache), cold LRU ${coldSlots} bundles of ${(i.stride / 1024).toFixed(1)} KiB; ${
+  }, predictors ${mib(i.predictorBytes)}, KV ${mib(i.kvBytes)}, scratch ${mib(i.scratchBytes)}, headroom ${
+    mib(headroom)
+  }); neuron cache ${mib(cacheBytes)}: hot ${hotPerLayer} of ${i.ffnDim} neurons per layer (${
+    hotPerLayer === i.ffnDim ? "all of them" : `${(hotShare * 100).toFixed(0)}% of the cache`
+  }), cold LRU ${coldSlots} bundles of ${(i.stride / 1024).toFixed(1)} KiB; ${
     (offloadedShare * 100).toFixed(1)
   }% of FFN neurons on disk`;
   return { budget: i.budget, fixed, hotPerLayer, coldSlots, cacheBytes, offloadedShare, explanation };

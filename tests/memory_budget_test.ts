@@ -35,12 +35,12 @@ Deno.test({
         await calibrate(m, sidecar, { text, tokens: 400, rank: 32, objective: "subspace" });
         await packBundles(m, sidecar, bundles, { alignment: 512 });
       }
-      // What a child needs before any neuron: the runtime, mapped non-FFN weights, KV, scratch.
-      // Measured by a child given a budget that pins everything, then the budget is that fixed
-      // region plus the cache for half of the neurons.
-      const run = async (memory: number) => {
+      // The budget: what the child needs before any neuron (the runtime, mapped non-FFN weights,
+      // KV, scratch, headroom; measured by the child itself) plus a cache for half of the neurons
+      // (3/4 of it pinned hot, the rest a cold LRU); the other half stays on disk.
+      const run = async (memory: string) => {
         const out = await new Deno.Command(Deno.execPath(), {
-          args: ["run", "-A", child, model, sidecar, bundles, String(memory), "48"],
+          args: ["run", "-A", child, model, sidecar, bundles, memory, "48"],
           stdout: "piped",
           stderr: "piped",
         }).output();
@@ -48,13 +48,10 @@ Deno.test({
         assert.ok(out.success, `child failed: ${err}`);
         return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
       };
-      const all = await run(2 ** 34);
       const b = readBundleFile(bundles, shape);
-      // Half of the neurons pinned: with the default rule (3/4 of the cache hot) the cache is 2/3 of
-      // all bundles; 4 MiB covers the runtime's resident set moving between the two children.
-      const cache = (0.5 * shape.nLayers * shape.ffnDim * b.layout.storedBytes) / 0.75;
-      const memory = Math.ceil(all.fixed + cache + (4 << 20));
-      const r = await run(memory);
+      const cache = 0.5 * shape.nLayers * shape.ffnDim * b.layout.storedBytes;
+      const r = await run(`+${Math.ceil(cache)}`);
+      const memory: number = r.memory;
       console.log(
         `  budget ${(memory / 2 ** 20).toFixed(1)} MiB, peak RSS ${(r.peak / 2 ** 20).toFixed(1)} MiB (${
           ((r.peak / memory) * 100).toFixed(1)
@@ -63,8 +60,8 @@ Deno.test({
         } KiB read per token; ${r.plan}`,
       );
       assert.ok(r.tokens > 0);
-      // About half: the runtime's resident set differs by a few MiB between the two children.
-      assert.ok(r.offloadedShare > 0.3 && r.offloadedShare < 0.7, `offloaded share ${r.offloadedShare}`);
+      // 5/8 not pinned (the runtime grows a little between the child's two plans).
+      assert.ok(r.offloadedShare > 0.55 && r.offloadedShare < 0.75, `offloaded share ${r.offloadedShare}`);
       assert.ok(r.readBytesPerToken > 0, "half of the FFN is on disk, so some neurons are read");
       assert.ok(r.peak <= memory * 1.05, `peak resident set ${r.peak} over budget ${memory} + 5%`);
     } finally {
