@@ -119,7 +119,8 @@ pub fn open(allocator: std.mem.Allocator, path: [:0]const u8, setup: Setup, regi
         .io_uring => |*u| if (u.registerBuffer(region)) |e| {
             note.print("; registering the {d}-byte buffer failed ({}), reads into it are plain reads", .{ region.len, io_errors.errno(e) });
         } else {
-            note.print("; 1 registered buffer of {d} bytes (fixed reads into it)", .{region.len});
+            const pieces = (region.len + uring.max_registered_len - 1) / uring.max_registered_len;
+            note.print("; {d} registered buffer(s) over {d} bytes (fixed reads into them)", .{ pieces, region.len });
         },
         else => note.print("; the registered buffer is not used by this method", .{}),
     };

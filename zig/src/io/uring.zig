@@ -1,5 +1,6 @@
 //! The io_uring backend of the ring: one submission queue entry per job, IORING_OP_READ_FIXED when
-//! the destination lies inside the one registered buffer, IORING_OP_READ otherwise.
+//! the destination lies inside one of the registered buffers (the region, cut into pieces of at
+//! most 1 GiB), IORING_OP_READ otherwise.
 //!
 //! std.os.linux.IoUring keeps the queues (get_sqe, flush_sq, the completion ring); the system calls
 //! that can fail (setup, enter, register) are made here directly so their errno reaches the
@@ -34,11 +35,16 @@ pub const EnterError = struct { errno: posix.E };
 /// `busy_retries_max` times (10 s in all) before the ring reports the errno.
 const busy_pause_ns = std.time.ns_per_ms;
 const busy_retries_max = 10_000;
+/// Most bytes one registered buffer may span (io_uring refuses longer iovecs with EFAULT).
+pub const max_registered_len: usize = 1 << 30;
+/// Most pieces a registered region is cut into (64 GiB).
+const max_registered_buffers = 64;
 
 pub const Uring = struct {
     ring: IoUring,
     fd: posix.fd_t,
-    /// The registered buffer (index 0), when registration succeeded.
+    /// The registered region (buffers 0, 1, ... of `max_registered_len` each), when registration
+    /// succeeded.
     registered: ?[]u8 = null,
     /// Jobs sent as IORING_OP_READ_FIXED (lets tests see the registered path taken).
     fixed_reads: u64 = 0,
@@ -89,11 +95,19 @@ pub const Uring = struct {
         };
     }
 
-    /// Registers `region` as fixed buffer 0 (IORING_REGISTER_BUFFERS, one iovec). On failure (often
-    /// RLIMIT_MEMLOCK, or a region over 1 GiB) returns the errno, and reads stay plain reads.
+    /// Registers `region` as fixed buffers (IORING_REGISTER_BUFFERS), cut into pieces of at most
+    /// `max_registered_len` bytes: the kernel refuses a larger iovec with EFAULT. On failure (often
+    /// RLIMIT_MEMLOCK without CAP_IPC_LOCK) returns the errno, and reads stay plain reads.
     pub fn registerBuffer(self: *Uring, region: []u8) ?posix.E {
-        const iov = [1]posix.iovec{.{ .base = region.ptr, .len = region.len }};
-        const rc = linux.io_uring_register(self.ring.fd, .REGISTER_BUFFERS, &iov, 1);
+        const n = (region.len + max_registered_len - 1) / max_registered_len;
+        if (n == 0) return null;
+        if (n > max_registered_buffers) return .NOMEM;
+        var iovs: [max_registered_buffers]posix.iovec = undefined;
+        for (iovs[0..n], 0..) |*iov, i| {
+            const off = i * max_registered_len;
+            iov.* = .{ .base = region.ptr + off, .len = @min(max_registered_len, region.len - off) };
+        }
+        const rc = linux.io_uring_register(self.ring.fd, .REGISTER_BUFFERS, &iovs, @intCast(n));
         switch (linux.E.init(rc)) {
             .SUCCESS => {
                 self.registered = region;
@@ -112,9 +126,9 @@ pub const Uring = struct {
     /// Queues `job` for slot `slot`; `flush` hands it to the kernel.
     pub fn start(self: *Uring, slot: u32, job: Job) void {
         const sqe = self.ring.get_sqe() catch unreachable; // never full: see the file comment
-        if (self.isRegistered(job)) {
+        if (self.registeredIndex(job)) |index| {
             sqe.prep_rw(.READ_FIXED, self.fd, @intFromPtr(job.dst), job.len, job.offset);
-            sqe.buf_index = 0;
+            sqe.buf_index = index;
             self.fixed_reads += 1;
         } else {
             sqe.prep_rw(.READ, self.fd, @intFromPtr(job.dst), job.len, job.offset);
@@ -122,11 +136,17 @@ pub const Uring = struct {
         sqe.user_data = slot;
     }
 
-    fn isRegistered(self: *const Uring, job: Job) bool {
-        const region = self.registered orelse return false;
+    /// The registered buffer that holds all of `job`'s destination, if one does (a job across two
+    /// pieces is a plain read).
+    fn registeredIndex(self: *const Uring, job: Job) ?u16 {
+        const region = self.registered orelse return null;
         const begin = @intFromPtr(region.ptr);
         const dst = @intFromPtr(job.dst);
-        return dst >= begin and dst - begin <= region.len and job.len <= region.len - (dst - begin);
+        if (dst < begin or dst - begin > region.len or job.len > region.len - (dst - begin)) return null;
+        const at = dst - begin;
+        const index = at / max_registered_len;
+        if (at + job.len > (index + 1) * max_registered_len) return null;
+        return @intCast(index);
     }
 
     /// Hands queued jobs to the kernel without waiting. EAGAIN/EBUSY leave them queued for the next
