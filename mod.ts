@@ -70,3 +70,6 @@ export {
   type SparsityEvaluation,
   type SparsityPoint,
 } from "./core/evaluate.ts";
+export type { OffloadOptions, OffloadReport } from "./core/offload.ts";
+export { type MemoryPlan, parseBytes } from "./core/memory_budget.ts";
+export type { IoMethod } from "./core/io_ring.ts";

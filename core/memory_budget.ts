@@ -44,6 +44,7 @@ export interface MemoryPlanInput {
 
 /** The split. */
 export interface MemoryPlan {
+  /** The budget the plan was made for. */
   budget: number;
   /** Fixed region, itemised. */
   fixed: {

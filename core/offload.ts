@@ -16,10 +16,10 @@ import { readBundleFile } from "./bundle_format.ts";
 import { modelFingerprint } from "./model_fingerprint.ts";
 import { type MemoryPlan, planMemory, residentBytes } from "./memory_budget.ts";
 import { SparseFfn } from "./sparse.ts";
+import type { IoMethod } from "./io_ring.ts";
 
 /** I/O methods of the ring. */
-export type IoMethod = "auto" | "io_uring" | "pread_pool" | "mmap";
-const ioMethodIds: Record<IoMethod, number> = { auto: 0xffffffff, io_uring: 0, pread_pool: 1, mmap: 2 };
+const ioMethodIds: Record<IoMethod | "auto", number> = { auto: 0xffffffff, io_uring: 0, pread_pool: 1, mmap: 2 };
 
 /** Settings of offloaded FFNs. */
 export interface OffloadOptions {
@@ -34,13 +34,14 @@ export interface OffloadOptions {
   /** Reads in flight at once; default 32. */
   queueDepth?: number;
   /** How bundles are read; default "auto" (io_uring, else a pread thread pool). */
-  ioMethod?: IoMethod;
+  ioMethod?: IoMethod | "auto";
   /** O_DIRECT reads (no page cache); default true. */
   direct?: boolean;
   /** Share of the neuron cache pinned as hot neurons; default 0.75. */
   hotShare?: number;
-  /** Context length and batch size of the session(s) the budget must hold; default the model's. */
+  /** Context length of the session(s) the budget must hold; default the model's. */
   contextLength?: number;
+  /** Batch size of the session(s) the budget must hold; default the model's. */
   batchSize?: number;
   /** Called as the hot region is read: layers done, layers in all. */
   onProgress?: (done: number, total: number) => void;

@@ -332,22 +332,25 @@ export class SparseFfn {
 export interface LayerSparseStats {
   /** Tokens that took the sparse path. */
   tokens: number;
-  /** Neurons whose gate and up rows were computed. */
+  /** Neurons the predictor (or the gate) selected: their gate rows were computed, and their up rows where the gate fired. */
   candidates: number;
   /** Neurons whose output was not zero. */
   active: number;
-  /** Clusters with at least one candidate. */
+  /** Clusters: groups of up to the cluster size of candidates, the unit of work per thread. */
   clusters: number;
   /** Weight bytes read by the FFN (predictor included). */
   bytes: number;
   /** Tokens on which the true active set was computed. */
   verifiedTokens: number;
-  /** On those tokens: truly active neurons, and how many of them were candidates. */
+  /** On those tokens: truly active neurons. */
   trueActive: number;
+  /** On those tokens: truly active neurons that were candidates (recall = truePositive / trueActive). */
   truePositive: number;
-  /** Offloaded FFNs: candidates found in the hot region, in the cold region, and read from disk. */
+  /** Offloaded FFNs: candidates found in the hot (pinned) region. */
   hotHits: number;
+  /** Offloaded FFNs: candidates found in the cold (LRU) region. */
   coldHits: number;
+  /** Offloaded FFNs: candidates read from the bundle file. */
   misses: number;
   /** Offloaded FFNs: bytes read from the bundle file. */
   readBytes: number;

@@ -13,7 +13,7 @@ import { calibrate } from "../core/calibrate.ts";
 import { packBundles } from "../core/pack.ts";
 import { core } from "../core/ffi.ts";
 import { SparrowError } from "../core/errors.ts";
-import type { IoMethod } from "../core/offload.ts";
+import type { IoMethod } from "../core/io_ring.ts";
 import { preloadNativeLibraries } from "./_models.ts";
 
 preloadNativeLibraries();
@@ -60,7 +60,7 @@ async function makeFixture(): Promise<Fixture> {
 async function offloaded(
   f: Fixture,
   memoryOf: (fixedTotal: number, stride: number) => number,
-  ioMethod: IoMethod = "auto",
+  ioMethod: IoMethod | "auto" = "auto",
   bundles = f.bundles,
 ) {
   const model = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
