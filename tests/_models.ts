@@ -9,6 +9,8 @@ import { fileURLToPath } from "node:url";
 import { defaultModel, defaultModelPath } from "../core/default_model.ts";
 import { loadBackend } from "../core/backend_loader.ts";
 import { core } from "../core/ffi.ts";
+import assert from "node:assert/strict";
+import { SparrowError } from "../core/errors.ts";
 
 /** Repository root (this file is tests/_models.ts). */
 export const repoRoot: string = fileURLToPath(new URL("..", import.meta.url));
@@ -67,4 +69,14 @@ export function mappingsOf(path: string): string[] {
     .outputSync();
   if (!out.success) throw new Error(`cat /proc/${Deno.pid}/maps: ${new TextDecoder().decode(out.stderr)}`);
   return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.endsWith(path));
+}
+
+/** Asserts `fn` throws (or rejects with) a SparrowError of `code` whose message matches every pattern. */
+export async function refuses(fn: () => unknown, code: string, ...patterns: RegExp[]): Promise<void> {
+  await assert.rejects(async () => await fn(), (e: unknown) => {
+    assert.ok(e instanceof SparrowError, `expected a SparrowError, got ${e}`);
+    assert.equal(e.code, code, e.message);
+    for (const p of patterns) assert.match(e.message, p);
+    return true;
+  });
 }

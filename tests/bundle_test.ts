@@ -24,7 +24,7 @@ import { writeSidecar } from "../core/sidecar_writer.ts";
 import { packCommand } from "../cli/pack.ts";
 import { UsageError } from "../cli/args.ts";
 import { synthesizeModel } from "../models/synth.ts";
-import { preloadNativeLibraries } from "./_models.ts";
+import { preloadNativeLibraries, refuses } from "./_models.ts";
 
 preloadNativeLibraries();
 
@@ -200,16 +200,6 @@ async function packAndCheck(
     }
   }
   return layout;
-}
-
-/** Asserts `fn` throws (or rejects with) a SparrowError of `code` whose message matches every pattern. */
-async function refuses(fn: () => unknown, code: string, ...patterns: RegExp[]): Promise<void> {
-  await assert.rejects(async () => await fn(), (e: unknown) => {
-    assert.ok(e instanceof SparrowError, `expected a SparrowError, got ${e}`);
-    assert.equal(e.code, code, e.message);
-    for (const p of patterns) assert.match(e.message, p);
-    return true;
-  });
 }
 
 /** Overwrites the u32 value of metadata key `key` in a GGUF header. */

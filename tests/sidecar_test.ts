@@ -16,7 +16,7 @@ import { SparrowError } from "../core/errors.ts";
 import { synthesizeModel } from "../models/synth.ts";
 import { quantize, QuantType } from "../models/ggml_quants.ts";
 import { Rng } from "../core/rng.ts";
-import { preloadNativeLibraries } from "./_models.ts";
+import { preloadNativeLibraries, refuses } from "./_models.ts";
 
 preloadNativeLibraries();
 
@@ -38,16 +38,6 @@ function maxRelDiff(a: Float32Array, b: Float32Array): number {
     worst = Math.max(worst, Math.abs(a[i] - b[i]));
   }
   return worst / Math.sqrt(rms / b.length);
-}
-
-/** Asserts `fn` rejects with a SparrowError of `code` whose message matches every pattern. */
-async function refuses(fn: () => unknown, code: string, ...patterns: RegExp[]): Promise<void> {
-  await assert.rejects(async () => await fn(), (e: unknown) => {
-    assert.ok(e instanceof SparrowError, `expected a SparrowError, got ${e}`);
-    assert.equal(e.code, code, e.message);
-    for (const p of patterns) assert.match(e.message, p);
-    return true;
-  });
 }
 
 /** Sidecar contents shaped for `model`, with zero predictors; `over` changes fields. */
