@@ -11,6 +11,7 @@
 import { SparrowError, unwrap } from "./errors.ts";
 import { core, lastError, layout } from "./ffi.ts";
 import type { LoadedBackend } from "./backend_loader.ts";
+import { closeAtExit } from "./exit_cleanup.ts";
 
 const encoder = new TextEncoder();
 
@@ -111,6 +112,7 @@ export class NativeSession {
   #ptr: Deno.PointerObject | null;
   #busy = false;
   readonly #model: NativeModel;
+  readonly #forgetAtExit: () => void;
   readonly #tokens: Uint32Array;
   readonly #logits: Float32Array;
   /** Vocabulary size (length of one logits row). */
@@ -158,6 +160,7 @@ export class NativeSession {
     const logitsPtr = c.sp_session_logits(ptr)!;
     this.#logits = new Float32Array(Deno.UnsafePointerView.getArrayBuffer(logitsPtr, logitRows * this.vocabSize * 4));
     model.track(1);
+    this.#forgetAtExit = closeAtExit(this, 0);
     sessionFinalizer.register(this, { ptr, model }, this);
   }
 
@@ -265,6 +268,7 @@ export class NativeSession {
     const ptr = this.#ptr;
     unwrap(core().sp_session_destroy(ptr), () => lastError(null, ptr));
     this.#ptr = null;
+    this.#forgetAtExit();
     sessionFinalizer.unregister(this);
     this.#model.track(-1);
   }

@@ -26,6 +26,7 @@ import { encodeSparseConfig, SparseFfn, type SparseOptions } from "./sparse.ts";
 import { readSidecar } from "./sidecar.ts";
 import { modelFingerprint } from "./model_fingerprint.ts";
 import { buildOffload, type OffloadOptions, type OffloadReport } from "./offload.ts";
+import { closeAtExit } from "./exit_cleanup.ts";
 
 /** Which prepared sparse FFNs a set of options means. */
 function sparseKey(o: Pick<SparseOptions, "sidecar" | "sparsity" | "downType" | "bundles">): string {
@@ -167,6 +168,7 @@ export class Model {
   /** The defaults sessions of this model are created with. */
   readonly defaults: Readonly<ModelDefaults>;
   readonly #native: NativeModel;
+  readonly #forgetAtExit: () => void;
   /** Sparse FFN stores by sidecar and target, shared by sessions and freed on close. */
   readonly #sparse = new Map<string, SparseFfn>();
   #fingerprint: Promise<string> | undefined;
@@ -178,6 +180,7 @@ export class Model {
     this.tokenizer = tokenizer;
     this.#native = native;
     this.defaults = defaults;
+    this.#forgetAtExit = closeAtExit(this, 1);
   }
 
   /** @internal The native model, for packing neuron bundles (core/pack.ts reads its transposed down rows). */
@@ -352,6 +355,7 @@ export class Model {
         `model ${this.info.path} has ${this.#native.openSessions} open session(s); close them first`,
       );
     }
+    this.#forgetAtExit();
     // Sparse stores count as users of the model: they go first.
     for (const [key, store] of this.#sparse) {
       store.destroy();

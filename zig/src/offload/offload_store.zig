@@ -12,6 +12,7 @@
 //! a token, workers only read slots and clear pins; the one thread holding the pipeline's lock
 //! (offload_ffn.zig) changes the maps.
 const std = @import("std");
+const huge_pages = @import("../engine/huge_pages.zig");
 const posix = std.posix;
 const kernels = @import("kernels");
 const DType = kernels.DType;
@@ -110,6 +111,7 @@ pub const OffloadStore = struct {
             return error.OutOfMemory;
         };
         errdefer posix.munmap(slab);
+        huge_pages.advise(slab);
 
         const layers = try allocator.alloc(OffloadLayer, n_layers);
         errdefer allocator.free(layers);

@@ -9,6 +9,7 @@
 //! values) is far below the 4-bit or 5-bit rounding the weights already carry. Q4_0 halves the
 //! bytes each active neuron reads, at the price of a second 4-bit rounding (the caller's choice).
 const std = @import("std");
+const huge_pages = @import("../engine/huge_pages.zig");
 const kernels = @import("kernels");
 const DType = kernels.DType;
 const quant = kernels.quant;
@@ -83,6 +84,7 @@ pub const NeuronStore = struct {
                 inv[i] = @intCast(k);
             }
             const data = try allocator.alignedAlloc(u8, 64, row_bytes * ffn);
+            huge_pages.advise(data);
             transposeDown(model, l, down_type, perm, data, pool, scratch);
             layer.* = .{
                 .down_t = .{ .data = data.ptr, .row_bytes = row_bytes, .n_cols = hp.dim, .n_rows = ffn, .dtype = @intFromEnum(down_type) },
