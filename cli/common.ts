@@ -118,7 +118,7 @@ export const sparseOptionsHelp = `Sparse FFN options (PowerInfer-style activatio
                           default MODEL.sparsity.gguf beside the model when it exists; alone, it implies
                           --sparse predictor
       --sparsity S        which calibrated target to use, e.g. 0.5 (default: the sidecar's first)
-      --cluster-size K    neurons per unit of work (default 16)
+      --cluster-size K    neurons per unit of work (default 32)
       --down-type T       storage of the down rows active neurons read: auto (exact for float models,
                           q8_0 for quantized ones), f16, q8_0 or q4_0 (half of q8_0's bytes, rounded twice)
       --sparse-prompt     compute the prompt sparsely too, token by token (default: prompt batches are

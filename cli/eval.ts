@@ -26,7 +26,7 @@ Usage: sparrow eval --model PATH [options]
       --decode-runs N     timed runs per configuration, the fastest counts (default 2)
       --seed N            seed of the sampled text (default 7919; calibration samples from 1)
       --verify-every N    measure recall on every N-th scored token (default 1)
-      --cluster-size K    neurons per unit of work (default 16)
+      --cluster-size K    neurons per unit of work (default 32)
       --down-type T       storage of the transposed down rows: auto (default), f16, q8_0 or q4_0
       --json              print the results as JSON
 

@@ -73,8 +73,12 @@ export interface SparseOptions {
 export type DownType = "auto" | "f32" | "f16" | "q8_0" | "q4_0";
 const downTypeIds: Record<Exclude<DownType, "auto">, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 8 };
 
-/** The default cluster size, measured on Zen 3 with bench/sparse_bench.ts. */
-export const defaultClusterSize = 16;
+/**
+ * The default cluster size: selected neurons per unit of work. Measured on Zen 3 (2 threads) with
+ * bench/sparse_bench.ts on the 7B-shape synthetic ReLU model: predictor mode at 32 was faster than
+ * at 16 in four runs of five (e.g. 10.83 vs 9.99 tok/s), and 64 no better than 32.
+ */
+export const defaultClusterSize = 32;
 
 /** Encodes a session's sparse settings for `sp_session_set_sparse`. */
 export function encodeSparseConfig(o: SparseOptions): Uint8Array<ArrayBuffer> {
