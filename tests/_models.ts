@@ -80,3 +80,13 @@ export async function refuses(fn: () => unknown, code: string, ...patterns: RegE
     return true;
   });
 }
+
+/** Largest |a[i] - b[i]| over the rms of b: logits compared with a tolerance relative to their scale. */
+export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let rms = 0;
+  for (let i = 0; i < b.length; i++) rms += b[i] * b[i];
+  rms = Math.sqrt(rms / b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  return worst / rms;
+}

@@ -14,7 +14,7 @@ import { packBundles } from "../core/pack.ts";
 import { core } from "../core/ffi.ts";
 import { SparrowError } from "../core/errors.ts";
 import type { IoMethod } from "../core/io_ring.ts";
-import { preloadNativeLibraries } from "./_models.ts";
+import { maxRelDiff, preloadNativeLibraries } from "./_models.ts";
 
 preloadNativeLibraries();
 
@@ -23,15 +23,6 @@ const tokens = [1, 17, 300, 42, 99, 5, 611, 8, 250, 77, 3, 500];
 const text = "The sparrow is a small bird. It lives in cities and fields, and it sings in the morning. ".repeat(40);
 const EIO = 5;
 const EPERM = 1;
-
-function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let rms = 0;
-  for (let i = 0; i < b.length; i++) rms += b[i] * b[i];
-  rms = Math.sqrt(rms / b.length);
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst / rms;
-}
 
 interface Fixture {
   dir: string;

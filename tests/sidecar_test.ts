@@ -16,7 +16,7 @@ import { SparrowError } from "../core/errors.ts";
 import { synthesizeModel } from "../models/synth.ts";
 import { quantize, QuantType } from "../models/ggml_quants.ts";
 import { Rng } from "../core/rng.ts";
-import { preloadNativeLibraries, refuses } from "./_models.ts";
+import { maxRelDiff, preloadNativeLibraries, refuses } from "./_models.ts";
 
 preloadNativeLibraries();
 
@@ -27,17 +27,6 @@ async function synthModel(dir: string, name: string, activation: "relu" | "swigl
   const path = join(dir, `${name}.gguf`);
   synthesizeModel(path, { shape: "tiny", activation, seed });
   return await loadModel(path, { threads: 2, contextLength: 1024, batchSize: 16 });
-}
-
-/** Largest |a - b| over the rms of b. */
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let rms = 0;
-  let worst = 0;
-  for (let i = 0; i < b.length; i++) {
-    rms += b[i] * b[i];
-    worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  }
-  return worst / Math.sqrt(rms / b.length);
 }
 
 /** Sidecar contents shaped for `model`, with zero predictors; `over` changes fields. */

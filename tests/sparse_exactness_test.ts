@@ -19,18 +19,9 @@ import { loadModel } from "../core/model.ts";
 import type { DownType } from "../core/sparse.ts";
 import { synthesizeModel } from "../models/synth.ts";
 import { referenceForward } from "../models/reference_forward.ts";
-import { preloadNativeLibraries } from "./_models.ts";
+import { maxRelDiff, preloadNativeLibraries } from "./_models.ts";
 
 preloadNativeLibraries();
-
-function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let rms = 0;
-  for (let i = 0; i < b.length; i++) rms += b[i] * b[i];
-  rms = Math.sqrt(rms / b.length);
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst / rms;
-}
 
 interface Case {
   activation: "relu" | "drelu";

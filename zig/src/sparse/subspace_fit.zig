@@ -9,11 +9,11 @@
 //! centred gate matrix, then an exact eigen-decomposition of its small projection.
 const std = @import("std");
 const kernels = @import("kernels");
-const gemm = kernels.gemm_f32;
 const quant = kernels.quant;
 const DType = kernels.DType;
 const WeightView = @import("backend_api").WeightView;
 const ThreadPool = @import("../engine/thread_pool.zig").ThreadPool;
+const GemmJob = @import("gemm_job.zig").GemmJob;
 const Capture = @import("capture.zig").Capture;
 
 /// Extra directions of the range finder beyond the rank (its accuracy margin).
@@ -22,28 +22,6 @@ const oversample = 10;
 const power_iterations = 2;
 /// Rows of W dequantized at a time when forming fc1.
 const w_chunk_rows = 512;
-
-const GemmJob = struct {
-    kind: enum { nn, tn },
-    a: []const f32,
-    b: []const f32,
-    c: []f32,
-    mdim: usize,
-    n: usize,
-    k: usize,
-
-    fn run(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
-        const j: *GemmJob = @ptrCast(@alignCast(ctx));
-        switch (j.kind) {
-            .nn => gemm.gemmNN(j.a, j.b, j.c, j.n, j.k, begin, end),
-            .tn => gemm.gemmTNAccumulate(j.a, j.b, j.c, j.mdim, j.n, j.k, begin, end),
-        }
-    }
-
-    fn exec(self: *GemmJob, pool: *ThreadPool, rows: usize) void {
-        pool.run(self, GemmJob.run, rows, @max(1, rows / (pool.threadCount() * 4)));
-    }
-};
 
 /// Fits layer `l`'s predictor from the first `n_train` captured tokens and the gate matrix `gate`.
 /// fc1: r x dim, fc2: ffn x r, bias: ffn.

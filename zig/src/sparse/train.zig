@@ -11,9 +11,9 @@
 //!   predicted to truly active neurons it gives.
 const std = @import("std");
 const kernels = @import("kernels");
-const gemm = kernels.gemm_f32;
 const Activation = kernels.ops.Activation;
 const ThreadPool = @import("../engine/thread_pool.zig").ThreadPool;
+const GemmJob = @import("gemm_job.zig").GemmJob;
 const Capture = @import("capture.zig").Capture;
 
 pub const TrainParams = extern struct {
@@ -111,30 +111,6 @@ pub fn activeMasks(cap: *const Capture, act: Activation, l: usize, thr: f32, t0:
         }
     }
 }
-
-/// The rows of C a pool job computes with one of the three product shapes.
-const GemmJob = struct {
-    kind: enum { nt, nn, tn },
-    a: []const f32,
-    b: []const f32,
-    c: []f32,
-    mdim: usize,
-    n: usize,
-    k: usize,
-
-    fn run(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
-        const j: *GemmJob = @ptrCast(@alignCast(ctx));
-        switch (j.kind) {
-            .nt => gemm.gemmNT(j.a, j.b, j.c, j.n, j.k, begin, end),
-            .nn => gemm.gemmNN(j.a, j.b, j.c, j.n, j.k, begin, end),
-            .tn => gemm.gemmTNAccumulate(j.a, j.b, j.c, j.mdim, j.n, j.k, begin, end),
-        }
-    }
-
-    fn exec(self: *GemmJob, pool: *ThreadPool, rows: usize) void {
-        pool.run(self, GemmJob.run, rows, @max(1, rows / (pool.threadCount() * 4)));
-    }
-};
 
 const Adam = struct {
     m: []f32,
