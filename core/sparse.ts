@@ -1,7 +1,8 @@
 /**
- * Sparse FFNs on the native side: the neuron store (hot-first order, transposed down projection)
- * and the predictors, built from a model and, optionally, a calibration sidecar or PowerInfer
- * predictor file; plus the statistics sessions collect while computing sparsely.
+ * Sparse FFNs on the native side: the neuron store (hot-first order: gate/up rows copied into it,
+ * the down projection transposed into it) and the predictors, built from a model and, optionally,
+ * a calibration sidecar or PowerInfer predictor file; plus the statistics sessions collect while
+ * computing sparsely.
  *
  * @module
  */
@@ -154,7 +155,7 @@ export class SparseFfn {
   #ptr: Deno.PointerObject | null;
   /** The sidecar it was built from, if any. */
   readonly sidecar: Sidecar | undefined;
-  /** Bytes of the transposed down projections it holds. */
+  /** Bytes it holds: gate/up rows in hot-first order and the transposed down projections. */
   readonly storeBytes: number;
 
   private constructor(ptr: Deno.PointerObject, sidecar: Sidecar | undefined, storeBytes: number) {

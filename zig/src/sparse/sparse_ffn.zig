@@ -99,36 +99,37 @@ const Job = struct {
         for (begin..end) |c| {
             const a = sc.cluster_start[c];
             const b = sc.cluster_start[c + 1];
-            const rows = sc.sel_model[a..b];
+            // Gate and up rows are read from the store, in hot-first order (positions); the model's
+            // index is what oracle mode's precomputed gate is indexed by.
+            const pos = sc.sel_perm[a..b];
             const g = sc.g[a..b];
             const u = sc.u[a..b];
             if (self.gate_known) {
-                for (rows, g) |i, *gv| gv.* = sc.scores[i];
+                for (sc.sel_model[a..b], g) |i, *gv| gv.* = sc.scores[i];
             } else {
-                s.backend.sparseMatvec(self.gate, sc.act.ptr, rows, g.ptr);
+                s.backend.sparseMatvec(self.gate, sc.act.ptr, pos, g.ptr);
             }
             // A neuron whose gate does not fire outputs zero whatever its up row says (ReLU, dReLU,
             // and SwiGLU under the CATS cut): compact the firing ones to the front of the cluster's
             // range and read up rows for those only (a quarter of a predictor's candidates are misses).
             var m: usize = 0;
-            for (0..rows.len) |j| {
+            for (0..pos.len) |j| {
                 if (!gateFires(hp.activation, g[j], self.cats)) continue;
-                rows[m] = rows[j];
-                sc.sel_perm[a + m] = sc.sel_perm[a + j];
+                pos[m] = pos[j];
                 g[m] = g[j];
                 m += 1;
             }
-            s.backend.sparseMatvec(self.up, self.act_up, rows[0..m], u.ptr);
+            s.backend.sparseMatvec(self.up, self.act_up, pos[0..m], u.ptr);
             up_rows += m;
             var n: usize = 0;
             for (0..m) |j| {
                 const h = activate(hp.activation, g[j], u[j], self.cats);
                 if (h == 0) continue;
-                sc.sel_perm[a + n] = sc.sel_perm[a + j];
+                pos[n] = pos[j];
                 g[n] = h;
                 n += 1;
             }
-            if (n > 0) s.backend.axpyRows(self.down_t, sc.sel_perm[a .. a + n], g.ptr, y.ptr);
+            if (n > 0) s.backend.axpyRows(self.down_t, pos[0..n], g.ptr, y.ptr);
             active += n;
         }
         sc.active_count[thread] += active;
@@ -253,9 +254,10 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         // Per active neuron, the down column's bytes (a slot's row stride also spans gate and up).
         down_row_bytes = @as(DType, @enumFromInt(o.down.dtype)).rowBytes(hp.dim).?;
     } else {
-        var job = Job{ .s = s, .layer = l, .gate = &layer.ffn_gate, .up = &layer.ffn_up, .down_t = &sm.store.?.layers[l].down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
+        const ls_store = &sm.store.?.layers[l];
+        var job = Job{ .s = s, .layer = l, .gate = &ls_store.gate, .up = &ls_store.up, .down_t = &ls_store.down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
         s.pool.run(&job, Job.run, n_clusters, 1);
-        down_row_bytes = sm.store.?.layers[l].down_t.row_bytes;
+        down_row_bytes = ls_store.down_t.row_bytes;
     }
 
     // 4. sum the per-thread accumulators
