@@ -18,7 +18,7 @@ import type { BundleFile } from "./bundle_format.ts";
 /** Layout of the structs below; checked against the library (`sp_sparse_layout`). */
 const layout = { version: 2, desc: 16, layerDesc: 352, config: 16, statsFields: 13 } as const;
 /** Layout of the offload description (zig/src/offload/offload_desc.zig). */
-const offloadLayout = { version: 1, desc: 56, layerDesc: 16 } as const;
+const offloadLayout = { version: 2, desc: 56, layerDesc: 24 } as const;
 
 let layoutChecked = false;
 function checkLayout(): void {
@@ -234,19 +234,14 @@ export class SparseFfn {
   ): SparseFfn {
     checkLayout();
     const lay = bundles.layout;
-    if (lay.twoPhase) {
-      throw new SparrowError(
-        "unsupported",
-        `${bundles.path} is a two-phase bundle file; this engine reads single-phase ones (sparrow pack without --two-phase)`,
-      );
-    }
-    const region = lay.regions[0];
-    const partOffset = (kind: "gate" | "up" | "down") => region.parts.find((p) => p.kind === kind)!.offset;
-    if (
-      partOffset("gate") !== 0 || partOffset("up") !== lay.gate.bytes ||
-      partOffset("down") !== lay.gate.bytes + lay.up.bytes
-    ) {
-      throw new SparrowError("bad_model", `${bundles.path}: bundle parts are not in gate, up, down order`);
+    // The engine expects gate, up, down in that order: single-phase [gate | up | down], two-phase
+    // [gate] and [up | down].
+    const want = lay.twoPhase
+      ? [[["gate", 0]], [["up", 0], ["down", lay.up.bytes]]]
+      : [[["gate", 0], ["up", lay.gate.bytes], ["down", lay.gate.bytes + lay.up.bytes]]];
+    const got = lay.regions.map((r) => r.parts.map((p) => [p.kind, p.offset]));
+    if (JSON.stringify(got) !== JSON.stringify(want)) {
+      throw new SparrowError("bad_model", `${bundles.path}: bundle parts are not laid out as gate, up, down`);
     }
     const desc = encodeSparseDesc(hp, lay.down.type, sidecar, sparsity);
     const od = new Uint8Array(offloadLayout.desc + hp.nLayers * offloadLayout.layerDesc);
@@ -260,18 +255,19 @@ export class SparseFfn {
       lay.gate.bytes,
       lay.up.bytes,
       lay.down.bytes,
-      region.stride,
+      lay.regions[0].stride,
+      lay.twoPhase ? lay.regions[1].stride : 0,
       plan.coldSlots,
       io.method,
       io.queueDepth,
       io.direct ? 1 : 0,
-      0,
     ].forEach((x, i) => v.setUint32(4 * i, x, true));
     const perms = new Uint32Array(hp.nLayers * hp.ffnDim);
     bundles.layers.forEach((layer, l) => {
       const at = offloadLayout.desc + l * offloadLayout.layerDesc;
       v.setBigUint64(at, BigInt(layer.regions[0].offset), true);
-      v.setUint32(at + 8, plan.hotPerLayer, true);
+      v.setBigUint64(at + 8, BigInt(lay.twoPhase ? layer.regions[1].offset : 0), true);
+      v.setUint32(at + 16, plan.hotPerLayer, true);
       perms.set(layer.order, l * hp.ffnDim);
     });
     const sidecarPath = new TextEncoder().encode(sidecar.path);

@@ -2,8 +2,8 @@
  * Offloaded sparse FFNs (neurons read from a bundle file into a budgeted cache through the I/O
  * ring) against the in-memory sparse path on the same model, sidecar and tokens: the logits must
  * agree (the bundles hold the very bytes the in-memory store computes with), whatever the budget
- * and I/O method; and every failure (a read error, a truncated file, io_uring unavailable, a budget
- * too small) ends in a clear error or the fallback.
+ * and I/O method, single- or two-phase file; and every failure (a read error, a truncated file,
+ * io_uring unavailable, a budget too small) ends in a clear error or the fallback.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -29,6 +29,8 @@ interface Fixture {
   model: string;
   sidecar: string;
   bundles: string;
+  /** The same neurons packed two-phase (gate parts apart from up/down parts), 4096-byte aligned. */
+  twoPhase: string;
   /** In-memory sparse logits (predictor mode, prompts sparse too) at every position. */
   want: Float32Array[];
 }
@@ -38,14 +40,16 @@ async function makeFixture(): Promise<Fixture> {
   const model = join(dir, "m.gguf");
   const sidecar = join(dir, "m.sparsity.gguf");
   const bundles = join(dir, "m.bundles");
+  const twoPhase = join(dir, "m.two.bundles");
   synthesizeModel(model, { shape, weightType: "q4_0", activation: "relu", sparseFfn: { sparsity: 0.8 }, seed: 3 });
   using m = await loadModel(model, { threads: 2, contextLength: 256, batchSize: 32 });
   await calibrate(m, sidecar, { text, tokens: 400, rank: 32, objective: "subspace" });
   await packBundles(m, sidecar, bundles);
+  await packBundles(m, sidecar, twoPhase, { twoPhase: true });
   await m.prepareSparse({ sidecar });
   using s = m.createSession({ allLogits: true, sparse: { mode: "predictor", sidecar, batches: true } });
   const want = await s.evaluate(tokens);
-  return { dir, model, sidecar, bundles, want };
+  return { dir, model, sidecar, bundles, twoPhase, want };
 }
 
 async function offloaded(
@@ -53,6 +57,7 @@ async function offloaded(
   memoryOf: (fixedTotal: number, stride: number) => number,
   ioMethod: IoMethod | "auto" = "auto",
   bundles = f.bundles,
+  hotShare?: number,
 ) {
   const model = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
   // A first plan with a generous budget gives the fixed region's size; then the real one.
@@ -72,6 +77,7 @@ async function offloaded(
     bundles,
     memory: memoryOf(fixed + (8 << 20), stride),
     ioMethod,
+    hotShare,
   });
   return { model, report };
 }
@@ -83,6 +89,12 @@ function faults(failRead = 0n, errno = 0, shortRead = 0n, shortEof = false, urin
 async function evaluate(model: Model, sidecar: string, bundles: string): Promise<Float32Array[]> {
   using s = model.createSession({ allLogits: true, sparse: { mode: "predictor", sidecar, bundles } });
   return await s.evaluate(tokens);
+}
+
+function assertEqualToInMemory(f: Fixture, got: Float32Array[]): void {
+  let worst = 0;
+  for (let p = 0; p < tokens.length; p++) worst = Math.max(worst, maxRelDiff(got[p], f.want[p]));
+  assert.ok(worst <= 1e-5, `max relative logit difference ${worst}`);
 }
 
 Deno.test("offloaded sparse FFNs", async (t) => {
@@ -99,16 +111,55 @@ Deno.test("offloaded sparse FFNs", async (t) => {
           const { model, report } = await offloaded(f, memoryOf, method);
           try {
             assert.equal(report.io.method, method, report.io.note);
-            const got = await evaluate(model, f.sidecar, f.bundles);
-            let worst = 0;
-            for (let p = 0; p < tokens.length; p++) worst = Math.max(worst, maxRelDiff(got[p], f.want[p]));
-            assert.ok(worst <= 1e-5, `max relative logit difference ${worst}`);
+            assertEqualToInMemory(f, await evaluate(model, f.sidecar, f.bundles));
+          } finally {
+            model.close();
+          }
+        });
+      }
+      for (
+        const method of name === "only the smallest cold region"
+          ? ["io_uring", "pread_pool", "mmap"] as const
+          : ["io_uring"] as const
+      ) {
+        await t.step(`two-phase file, equal to in-memory sparse logits: ${name}, ${method}`, async () => {
+          // No hot region unless everything is pinned: every neuron is read on first use, and a gate
+          // part may stay cached alone.
+          const hotShare = name === "everything pinned" ? undefined : 0;
+          const { model, report } = await offloaded(f, memoryOf, method, f.twoPhase, hotShare);
+          try {
+            assert.equal(report.io.method, method, report.io.note);
+            assertEqualToInMemory(f, await evaluate(model, f.sidecar, f.twoPhase));
           } finally {
             model.close();
           }
         });
       }
     }
+
+    await t.step("two-phase file: up/down parts are read only for neurons whose gate fires", async () => {
+      const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride, "io_uring", f.twoPhase, 0);
+      try {
+        using s = model.createSession({ sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.twoPhase } });
+        await s.evaluate(tokens);
+        const st = s.sparseStats();
+        // 4096-byte gate parts and 4096-byte up/down parts (dim 256: Q4_0 rows, Q8_0 down columns).
+        const part = 4096;
+        let misses = 0, coldHits = 0, readBytes = 0;
+        for (const l of st.layers) {
+          misses += l.misses;
+          coldHits += l.coldHits;
+          readBytes += l.readBytes;
+        }
+        const updownReads = (readBytes - part * misses) / part;
+        assert.ok(misses > 0, "a small cache misses");
+        assert.ok(Number.isInteger(updownReads) && updownReads > 0, `up/down reads ${updownReads}`);
+        // A candidate whose gate does not fire costs its gate part only.
+        assert.ok(updownReads < misses + coldHits, `${updownReads} up/down reads for ${misses} misses`);
+      } finally {
+        model.close();
+      }
+    });
 
     await t.step("the cache is used: hits and misses are counted, and a full cache reads nothing", async () => {
       const small = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
@@ -133,28 +184,31 @@ Deno.test("offloaded sparse FFNs", async (t) => {
       }
     });
 
-    await t.step("a read error reaches the caller, and the session recovers", async () => {
-      const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
-      try {
-        using s = model.createSession({
-          allLogits: true,
-          sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles },
-        });
-        faults(3n, EIO);
-        await assert.rejects(s.evaluate(tokens), (e: unknown) => {
-          assert.ok(e instanceof SparrowError && e.code === "io", String(e));
-          assert.match(e.message, /layer \d+ neuron position \d+ \(offset \d+\)/);
-          return true;
-        });
-        faults();
-        s.reset();
-        const got = await s.evaluate(tokens);
-        for (let p = 0; p < tokens.length; p++) assert.ok(maxRelDiff(got[p], f.want[p]) <= 1e-5);
-      } finally {
-        faults();
-        model.close();
-      }
-    });
+    for (
+      const [file, bundles, hotShare] of [["single-phase", f.bundles, undefined], ["two-phase", f.twoPhase, 0]] as const
+    ) {
+      await t.step(`a read error reaches the caller, and the session recovers (${file} file)`, async () => {
+        const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride, "auto", bundles, hotShare);
+        try {
+          using s = model.createSession({
+            allLogits: true,
+            sparse: { mode: "predictor", sidecar: f.sidecar, bundles },
+          });
+          faults(3n, EIO);
+          await assert.rejects(s.evaluate(tokens), (e: unknown) => {
+            assert.ok(e instanceof SparrowError && e.code === "io", String(e));
+            assert.match(e.message, /bundle of layer \d+ neuron position \d+ \(offset \d+\)/);
+            return true;
+          });
+          faults();
+          s.reset();
+          assertEqualToInMemory(f, await s.evaluate(tokens));
+        } finally {
+          faults();
+          model.close();
+        }
+      });
+    }
 
     await t.step("a short read at the end of the file is a truncation error", async () => {
       const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
@@ -178,8 +232,7 @@ Deno.test("offloaded sparse FFNs", async (t) => {
         try {
           assert.equal(report.io.method, "pread_pool");
           assert.match(report.io.note, /io_uring/);
-          const got = await evaluate(model, f.sidecar, f.bundles);
-          for (let p = 0; p < tokens.length; p++) assert.ok(maxRelDiff(got[p], f.want[p]) <= 1e-5);
+          assertEqualToInMemory(f, await evaluate(model, f.sidecar, f.bundles));
         } finally {
           model.close();
         }

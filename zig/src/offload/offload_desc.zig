@@ -4,7 +4,7 @@
 const std = @import("std");
 
 /// Bump on any layout change (core/offload.ts holds the same number).
-pub const offload_desc_version: u32 = 1;
+pub const offload_desc_version: u32 = 2;
 
 /// Ring method value meaning "the best one available" (io_uring, else a pread pool).
 pub const method_auto: u32 = 0xFFFF_FFFF;
@@ -16,24 +16,29 @@ pub const OffloadDesc = extern struct {
     gate_type: u32,
     up_type: u32,
     down_type: u32,
-    /// Bytes of each part; a bundle is [gate | up | down | zero padding to `stride`].
+    /// Bytes of each part of a neuron's bundle.
     gate_bytes: u32,
     up_bytes: u32,
     down_bytes: u32,
-    /// Bytes between consecutive bundles in the file, and of one cache slot.
+    /// Single-phase: bytes between consecutive bundles [gate | up | down | zero padding]. Two-phase:
+    /// bytes between consecutive gate bundles [gate | zero padding].
     stride: u32,
+    /// Two-phase: bytes between consecutive up/down bundles [up | down | zero padding]; 0 for a
+    /// single-phase file.
+    updown_stride: u32,
     /// Slots of the cold region (an LRU shared by all layers).
     cold_slots: u32,
     /// I/O ring: method (io/ring.zig Method, or method_auto), reads in flight, O_DIRECT (0/1).
     method: u32,
     queue_depth: u32,
     direct: u32,
-    reserved: u32 = 0,
 };
 
 pub const LayerOffloadDesc = extern struct {
-    /// File offset of the layer's first bundle (hot-first position 0).
+    /// File offset of the layer's first bundle (hot-first position 0); two-phase: first gate bundle.
     bundles_offset: u64,
+    /// Two-phase: file offset of the layer's first up/down bundle; unused otherwise.
+    updown_offset: u64,
     /// Leading positions of the layer pinned in the hot region.
     hot: u32,
     reserved: u32 = 0,
@@ -41,5 +46,5 @@ pub const LayerOffloadDesc = extern struct {
 
 comptime {
     std.debug.assert(@sizeOf(OffloadDesc) == 56);
-    std.debug.assert(@sizeOf(LayerOffloadDesc) == 16);
+    std.debug.assert(@sizeOf(LayerOffloadDesc) == 24);
 }

@@ -4,13 +4,18 @@
 //! The chosen neurons (hot-first positions) split into those in the cache (hot or cold region) and
 //! those on disk. Reads for the missing ones go to the ring first; then every thread computes the
 //! cached neurons in clusters while the reads are in flight, and computes each arriving bundle as it
-//! lands. There is no barrier per matrix: a neuron's gate, up and down are one bundle, computed
-//! whole by whichever thread takes it.
+//! lands. There is no barrier per matrix: a neuron is computed whole by whichever thread takes it.
+//!
+//! Two-phase files (gate parts apart from up/down parts, as in PowerInfer-2): a missing neuron's gate
+//! part is read first; when it lands its gate is computed, and only if the gate fires is its up/down
+//! part read, then computed as it lands. A cold slot may keep a gate part alone; a later token that
+//! picks that neuron starts from its gate with no read.
 //!
 //! Whichever thread runs out of work takes the lock and plays I/O thread: it submits reads as slots
-//! and queue depth allow (the cold region may be smaller than one token's misses: slots of computed
-//! neurons are reused within the token), reaps completions and publishes them. Time it spends
-//! blocked on the ring while no thread computes is I/O on the critical path, reported per layer.
+//! and queue depth allow (up/down parts first: they finish neurons; the cold region may be smaller
+//! than one token's misses: slots of computed neurons are reused within the token), reaps completions
+//! and publishes them. Time it spends blocked on the ring while no thread computes is I/O on the
+//! critical path, reported per layer.
 const std = @import("std");
 const kernels = @import("kernels");
 const ops = kernels.ops;
@@ -27,20 +32,22 @@ const AtomicUsize = std.atomic.Value(usize);
 pub const Scratch = struct {
     res_slots: []u32, // (ffn) cached candidates' slots, in selection order
     res_clusters: []u32, // (ffn + 1) cluster starts in res_slots
-    work_slots: []u32, // (ffn) per cluster: the slots whose output is not zero
-    g: []f32, // (ffn) gate values of resident then missing candidates
+    work_slots: []u32, // (ffn) per cluster: the slots whose gate fires, then whose output is not zero
+    g: []f32, // (ffn) gate values of resident candidates, then of entries
     u: []f32,
-    miss_pos: []u32, // (ffn) positions of the missing candidates
-    miss_slot: []u32, // (ffn) the slot each was read into
-    arrived: []u32, // (ffn) indices into miss_*, in arrival order
+    miss_pos: []u32, // (ffn) entries: positions of the missing candidates, then of gate-only cached ones
+    miss_slot: []u32, // (ffn) the slot of each entry
+    arrived: []u32, // (2 * ffn) parts ready to compute, in arrival order: entry * 2 + phase
+    want: []u32, // (ffn) entries whose gate fired and whose up/down part is to be read
     reads: []ring_mod.Read, // (queue depth)
     comps: []ring_mod.Completion, // (queue depth)
 
     pub fn init(a: std.mem.Allocator, ffn: usize, queue_depth: usize) !Scratch {
         var sc: Scratch = undefined;
-        inline for (.{ "res_slots", "work_slots", "miss_pos", "miss_slot", "arrived" }) |f| {
+        inline for (.{ "res_slots", "work_slots", "miss_pos", "miss_slot", "want" }) |f| {
             @field(sc, f) = try a.alloc(u32, ffn);
         }
+        sc.arrived = try a.alloc(u32, 2 * ffn);
         sc.res_clusters = try a.alloc(u32, ffn + 1);
         sc.g = try a.alloc(f32, ffn);
         sc.u = try a.alloc(f32, ffn);
@@ -50,12 +57,14 @@ pub const Scratch = struct {
     }
 
     pub fn deinit(sc: *Scratch, a: std.mem.Allocator) void {
-        inline for (.{ "res_slots", "work_slots", "miss_pos", "miss_slot", "arrived", "res_clusters", "g", "u", "reads", "comps" }) |f| a.free(@field(sc, f));
+        inline for (.{ "res_slots", "work_slots", "miss_pos", "miss_slot", "arrived", "want", "res_clusters", "g", "u", "reads", "comps" }) |f| a.free(@field(sc, f));
     }
 };
 
 /// Counters of one layer's cache and I/O, summed over tokens.
 pub const IoCounters = struct {
+    /// Candidates found whole in the hot region, in the cold region (two-phase: also those whose
+    /// gate part alone was cached), and read from disk.
     hot_hits: u64 = 0,
     cold_hits: u64 = 0,
     misses: u64 = 0,
@@ -63,6 +72,10 @@ pub const IoCounters = struct {
     /// Nanoseconds the pipeline waited on reads with no thread computing.
     stall_ns: u64 = 0,
 };
+
+/// A part ready to compute: phase 0 = the gate part (single-phase: the whole bundle), 1 = up/down.
+const phase_gate: u32 = 0;
+const phase_updown: u32 = 1;
 
 const Pipeline = struct {
     s: *Session,
@@ -75,45 +88,53 @@ const Pipeline = struct {
     act_up: [*]const u8,
     queue_depth: usize,
     n_res_clusters: usize,
+    /// Entries [0, n_missing) are read from disk; [n_missing, n_entries) have their gate part cached.
     n_missing: usize,
+    n_entries: usize,
+    /// Index of the first entry's g/u values (after the resident candidates').
+    entry_base: usize,
     next_res: AtomicUsize = AtomicUsize.init(0),
     n_arrived: AtomicUsize = AtomicUsize.init(0),
     next_arrival: AtomicUsize = AtomicUsize.init(0),
-    done_missing: AtomicUsize = AtomicUsize.init(0),
+    done_entries: AtomicUsize = AtomicUsize.init(0),
     computing: AtomicUsize = AtomicUsize.init(0),
+    /// Up/down reads wanted: slots reserved, then published in order.
+    want_reserved: AtomicUsize = AtomicUsize.init(0),
+    want_published: AtomicUsize = AtomicUsize.init(0),
     failed: std.atomic.Value(bool) = std.atomic.Value(bool).init(false),
     lock: std.Thread.Mutex = .{},
     // Owned by the lock holder:
     submitted: usize = 0,
+    want_submitted: usize = 0,
     stall_ns: u64 = 0,
     fail_status: Status = .ok,
 
     fn run(ctx: *anyopaque, _: usize, _: usize, thread: usize) void {
         const p: *Pipeline = @ptrCast(@alignCast(ctx));
         const dim = p.s.model.hp.dim;
-        const y = p.s.sparse_scratch.?.y[thread * dim ..][0..dim];
-        var active: u64 = 0;
+        const sparse_sc = &p.s.sparse_scratch.?;
+        const y = sparse_sc.y[thread * dim ..][0..dim];
+        var counts = Counts{};
         while (!p.failed.load(.acquire)) {
             // 1. cached clusters
             const c = p.next_res.fetchAdd(1, .acq_rel);
             if (c < p.n_res_clusters) {
                 _ = p.computing.fetchAdd(1, .acq_rel);
-                active += p.cluster(c, y);
+                p.cluster(c, y, &counts);
                 _ = p.computing.fetchSub(1, .acq_rel);
                 continue;
             }
-            // 2. arrived bundles
+            // 2. arrived parts
             const j = p.next_arrival.load(.acquire);
             if (j < p.n_arrived.load(.acquire)) {
                 if (p.next_arrival.cmpxchgWeak(j, j + 1, .acq_rel, .acquire) == null) {
                     _ = p.computing.fetchAdd(1, .acq_rel);
-                    active += p.arrival(p.sc.arrived[j], y);
+                    p.arrival(p.sc.arrived[j], y, &counts);
                     _ = p.computing.fetchSub(1, .acq_rel);
-                    _ = p.done_missing.fetchAdd(1, .acq_rel);
                 }
                 continue;
             }
-            if (p.done_missing.load(.acquire) == p.n_missing) break;
+            if (p.done_entries.load(.acquire) == p.n_entries) break;
             // 3. nothing to compute: drive the I/O
             if (p.lock.tryLock()) {
                 defer p.lock.unlock();
@@ -122,48 +143,87 @@ const Pipeline = struct {
                 std.atomic.spinLoopHint();
             }
         }
-        p.s.sparse_scratch.?.active_count[thread] += active;
+        sparse_sc.active_count[thread] += counts.active;
+        sparse_sc.up_rows[thread] += counts.up_rows;
     }
 
-    /// Gate, up, activation and down of cached cluster `c`; returns neurons with nonzero output.
-    fn cluster(p: *Pipeline, c: usize, y: []f32) u64 {
+    const Counts = struct { active: u64 = 0, up_rows: u64 = 0 };
+
+    /// Gate, then up only where the gate fires, activation and down of cached cluster `c`.
+    fn cluster(p: *Pipeline, c: usize, y: []f32, counts: *Counts) void {
         const sc = p.sc;
         const a = sc.res_clusters[c];
         const b = sc.res_clusters[c + 1];
         const slots = sc.res_slots[a..b];
+        const work = sc.work_slots[a..b];
         const g = sc.g[a..b];
         const u = sc.u[a..b];
         const be = &p.s.backend;
         be.sparseMatvec(&p.st.gate, p.act_gate, slots, g.ptr);
-        be.sparseMatvec(&p.st.up, p.act_up, slots, u.ptr);
-        var n: usize = 0;
+        var m: usize = 0;
         for (slots, 0..) |slot, j| {
-            const h = sparse_ffn.activate(p.kind, g[j], u[j], p.cats);
-            if (h != 0) {
-                sc.work_slots[a + n] = slot;
-                g[n] = h;
-                n += 1;
-            }
+            if (!sparse_ffn.gateFires(p.kind, g[j], p.cats)) continue;
+            work[m] = slot;
+            g[m] = g[j];
+            m += 1;
         }
-        if (n > 0) be.axpyRows(&p.st.down, sc.work_slots[a .. a + n], g.ptr, y.ptr);
+        be.sparseMatvec(&p.st.up, p.act_up, work[0..m], u.ptr);
+        var n: usize = 0;
+        for (0..m) |j| {
+            const h = sparse_ffn.activate(p.kind, g[j], u[j], p.cats);
+            if (h == 0) continue;
+            work[n] = work[j];
+            g[n] = h;
+            n += 1;
+        }
+        if (n > 0) be.axpyRows(&p.st.down, work[0..n], g.ptr, y.ptr);
         for (slots) |slot| p.st.pin[slot].store(0, .release);
-        return n;
+        counts.up_rows += m;
+        counts.active += n;
     }
 
-    /// The same for one bundle that arrived from disk (missing candidate `m`).
-    fn arrival(p: *Pipeline, m: u32, y: []f32) u64 {
+    /// One part of entry `item / 2` that is ready (phase `item % 2`).
+    fn arrival(p: *Pipeline, item: u32, y: []f32, counts: *Counts) void {
         const sc = p.sc;
+        const m = item / 2;
         const slot = sc.miss_slot[m];
-        const at = sc.res_clusters[p.n_res_clusters] + m; // after the cached candidates' entries
+        const at = p.entry_base + m;
         const be = &p.s.backend;
         const one = sc.miss_slot[m .. m + 1];
-        be.sparseMatvec(&p.st.gate, p.act_gate, one, sc.g[at..].ptr);
+        if (item % 2 == phase_gate) {
+            be.sparseMatvec(&p.st.gate, p.act_gate, one, sc.g[at..].ptr);
+            if (p.st.twoPhase()) {
+                if (sparse_ffn.gateFires(p.kind, sc.g[at], p.cats)) {
+                    p.wantUpdown(@intCast(m));
+                } else {
+                    p.finish(slot);
+                }
+                return;
+            }
+        } else {
+            p.st.full[slot] = 1;
+        }
         be.sparseMatvec(&p.st.up, p.act_up, one, sc.u[at..].ptr);
+        counts.up_rows += 1;
         var h = sparse_ffn.activate(p.kind, sc.g[at], sc.u[at], p.cats);
-        const fired = h != 0;
-        if (fired) be.axpyRows(&p.st.down, one, @ptrCast(&h), y.ptr);
+        if (h != 0) {
+            be.axpyRows(&p.st.down, one, @ptrCast(&h), y.ptr);
+            counts.active += 1;
+        }
+        p.finish(slot);
+    }
+
+    fn finish(p: *Pipeline, slot: u32) void {
         p.st.pin[slot].store(0, .release);
-        return @intFromBool(fired);
+        _ = p.done_entries.fetchAdd(1, .acq_rel);
+    }
+
+    /// Asks the I/O thread for entry `m`'s up/down part (its gate fired).
+    fn wantUpdown(p: *Pipeline, m: u32) void {
+        const i = p.want_reserved.fetchAdd(1, .acq_rel);
+        p.sc.want[i] = m;
+        // Publish in reservation order, so the I/O thread never reads an entry not yet written.
+        while (p.want_published.cmpxchgWeak(i, i + 1, .acq_rel, .acquire) != null) std.atomic.spinLoopHint();
     }
 
     /// Lock held: queue reads while slots and queue depth allow, then collect completions (waiting
@@ -172,16 +232,22 @@ const Pipeline = struct {
         const st = p.st;
         const sc = p.sc;
         const ring = st.ring;
-        const layer = &st.layers[p.l];
         var n: usize = 0;
+        // Up/down parts first: each finishes a neuron and frees its slot.
+        const published = p.want_published.load(.acquire);
+        while (p.want_submitted < published and ring.outstanding() + n < p.queue_depth) {
+            const m = sc.want[p.want_submitted];
+            sc.reads[n] = .{ .offset = p.partOffset(m, phase_updown), .len = @intCast(st.updown_stride), .dst = st.updownPart(sc.miss_slot[m]), .tag = m * 2 + phase_updown };
+            n += 1;
+            p.want_submitted += 1;
+        }
         while (p.submitted < p.n_missing and ring.outstanding() + n < p.queue_depth) {
             const slot = st.evict() orelse break;
             const m = p.submitted;
-            const k = sc.miss_pos[m];
-            st.assign(slot, p.l, k);
+            st.assign(slot, p.l, sc.miss_pos[m]);
             st.pin[slot].store(1, .release);
             sc.miss_slot[m] = slot;
-            sc.reads[n] = .{ .offset = layer.file_offset + @as(u64, k) * st.stride, .len = @intCast(st.stride), .dst = st.slab.ptr + @as(usize, slot) * st.stride, .tag = m };
+            sc.reads[n] = .{ .offset = p.partOffset(m, phase_gate), .len = @intCast(st.stride), .dst = st.gatePart(slot), .tag = m * 2 + phase_gate };
             n += 1;
             p.submitted += 1;
         }
@@ -191,20 +257,29 @@ const Pipeline = struct {
             std.Thread.yield() catch {};
             return;
         }
-        const idle = p.computing.load(.acquire) == 0 and p.next_arrival.load(.acquire) == p.n_arrived.load(.acquire);
+        const idle = p.computing.load(.acquire) == 0 and p.next_arrival.load(.acquire) == p.n_arrived.load(.acquire) and
+            p.want_published.load(.acquire) == p.want_submitted;
         const t0 = if (idle) std.time.nanoTimestamp() else 0;
         const got = ring.reap(sc.comps, if (idle) 1 else 0) catch |e| return p.fail(.io, "waiting for bundle reads of layer {d} ({s}): {s}", .{ p.l, @errorName(e), ring.sink.message() });
         if (idle) p.stall_ns += @intCast(std.time.nanoTimestamp() - t0);
         const base = p.n_arrived.load(.acquire);
         for (sc.comps[0..got], 0..) |comp, i| {
-            const m: usize = @intCast(comp.tag);
+            const item: u32 = @intCast(comp.tag);
             if (comp.status != .ok) {
-                const k = sc.miss_pos[m];
-                return p.fail(.io, "reading the bundle of layer {d} neuron position {d} (offset {d}): {s} ({s})", .{ p.l, k, layer.file_offset + @as(u64, k) * st.stride, @tagName(comp.status), ring.sink.message() });
+                const m = item / 2;
+                const part = if (item % 2 == phase_gate) (if (st.twoPhase()) "gate bundle" else "bundle") else "up/down bundle";
+                return p.fail(.io, "reading the {s} of layer {d} neuron position {d} (offset {d}): {s} ({s})", .{ part, p.l, sc.miss_pos[m], p.partOffset(m, item % 2), @tagName(comp.status), ring.sink.message() });
             }
-            sc.arrived[base + i] = @intCast(m);
+            sc.arrived[base + i] = item;
         }
         p.n_arrived.store(base + got, .release);
+    }
+
+    /// File offset of entry `m`'s gate part (single-phase: its bundle) or up/down part.
+    fn partOffset(p: *const Pipeline, m: usize, phase: u32) u64 {
+        const layer = &p.st.layers[p.l];
+        const k: u64 = p.sc.miss_pos[m];
+        return if (phase == phase_gate) layer.file_offset + k * p.st.stride else layer.updown_offset + k * p.st.updown_stride;
     }
 
     fn fail(p: *Pipeline, status: Status, comptime fmt: []const u8, args: anytype) void {
@@ -214,14 +289,19 @@ const Pipeline = struct {
 };
 
 /// Computes y = FFN(x) of layer `l` for the selected positions `sel_pos` (hot-first order), with
-/// the activations prepared by the caller. Adds each thread's part into its accumulator in the
-/// session scratch; returns the status (an I/O failure names the layer, neuron and offset).
+/// the activations prepared by the caller. Adds each thread's part into its accumulator, and the up
+/// rows it computed into its counter, in the session scratch; returns the status (an I/O failure
+/// names the layer, neuron and offset).
 pub fn offloadFfn(s: *Session, st: *OffloadStore, sc: *Scratch, l: usize, sel_pos: []const u32, cluster_size: usize, kind: ops.Activation, cats: f32, act_gate: [*]const u8, act_up: [*]const u8, queue_depth: usize, counters: *IoCounters) Status {
     if (st.ring_broken) return s.sink.fail(.io, "the bundle file's reads failed beyond recovery earlier; reopen the model", .{});
-    // Split into cached (grouped in clusters) and missing; pin what the token needs.
+    // Split into cached whole (grouped in clusters), missing, and (two-phase) cached gate part only;
+    // pin what the token needs. Gate-only entries are stored from the end of miss_* and moved after
+    // the missing ones below.
     var n_res: usize = 0;
     var n_missing: usize = 0;
+    var n_partial: usize = 0;
     var n_clusters: usize = 0;
+    const cap = sc.miss_pos.len;
     sc.res_clusters[0] = 0;
     for (sel_pos) |k| {
         const slot = st.slot_of[l * st.ffn + k];
@@ -233,6 +313,12 @@ pub fn offloadFfn(s: *Session, st: *OffloadStore, sc: *Scratch, l: usize, sel_po
         if (st.isHot(slot)) counters.hot_hits += 1 else counters.cold_hits += 1;
         st.touch(slot);
         st.pin[slot].store(1, .release);
+        if (st.full[slot] == 0) {
+            n_partial += 1;
+            sc.miss_pos[cap - n_partial] = k;
+            sc.miss_slot[cap - n_partial] = slot;
+            continue;
+        }
         sc.res_slots[n_res] = slot;
         n_res += 1;
         if (n_res - sc.res_clusters[n_clusters] == cluster_size) {
@@ -245,6 +331,11 @@ pub fn offloadFfn(s: *Session, st: *OffloadStore, sc: *Scratch, l: usize, sel_po
         sc.res_clusters[n_clusters] = @intCast(n_res);
     }
     counters.misses += n_missing;
+    // Gate-only entries go right after the missing ones (cap - n_partial >= n_missing: every
+    // selected position is one or the other), their gate parts ready to compute.
+    std.mem.copyForwards(u32, sc.miss_pos[n_missing..][0..n_partial], sc.miss_pos[cap - n_partial ..]);
+    std.mem.copyForwards(u32, sc.miss_slot[n_missing..][0..n_partial], sc.miss_slot[cap - n_partial ..]);
+    for (0..n_partial) |i| sc.arrived[i] = @intCast((n_missing + i) * 2 + phase_gate);
 
     var p = Pipeline{
         .s = s,
@@ -258,11 +349,14 @@ pub fn offloadFfn(s: *Session, st: *OffloadStore, sc: *Scratch, l: usize, sel_po
         .queue_depth = queue_depth,
         .n_res_clusters = n_clusters,
         .n_missing = n_missing,
+        .n_entries = n_missing + n_partial,
+        .entry_base = n_res,
     };
+    p.n_arrived.store(n_partial, .release);
     // Queue the first reads before any compute, so the disk works while the cache is computed.
     if (n_missing > 0) p.driveIo();
     if (!p.failed.load(.acquire)) s.pool.run(&p, Pipeline.run, s.pool.threadCount(), 1);
-    counters.read_bytes += @as(u64, p.submitted) * st.stride;
+    counters.read_bytes += @as(u64, p.submitted) * st.stride + @as(u64, p.want_submitted) * st.updown_stride;
     counters.stall_ns += p.stall_ns;
     if (p.failed.load(.acquire)) {
         recover(st, sc, &p);
@@ -272,12 +366,14 @@ pub fn offloadFfn(s: *Session, st: *OffloadStore, sc: *Scratch, l: usize, sel_po
 }
 
 /// After a failed read: waits out the reads still in flight (the kernel must not write into slots
-/// reused later), forgets every bundle this token was reading, and unpins everything.
+/// reused later), forgets every cold slot this token was reading into, and unpins everything.
 fn recover(st: *OffloadStore, sc: *Scratch, p: *Pipeline) void {
     if (!st.ring.drain()) st.ring_broken = true;
-    for (sc.miss_slot[0..p.submitted], sc.miss_pos[0..p.submitted]) |slot, k| {
-        if (st.slot_of[p.l * st.ffn + k] == slot) st.slot_of[p.l * st.ffn + k] = none;
-        st.owner[slot - st.hot_slots] = none;
+    for (0..p.n_entries) |m| {
+        if (m >= p.submitted and m < p.n_missing) continue; // never given a slot
+        const slot = sc.miss_slot[m];
+        const k = sc.miss_pos[m];
+        if (st.slot_of[p.l * st.ffn + k] == slot) st.forget(slot);
     }
     for (st.pin) |*pin| pin.store(0, .release);
 }

@@ -4,13 +4,18 @@
 //! - cold region: an LRU (clock) of recently read bundles, shared by all layers.
 //!
 //! (The fixed region, attention, norms, embeddings and predictors, stays in the mapped model and
-//! sidecar.) A slot holds one bundle exactly as the file stores it, [gate row | up row | down
-//! column | padding], so the compute kernels see three strided matrices over the slab whose rows are
-//! slots, and a read lands in place with no copy.
+//! sidecar.) A slot holds one neuron's bundle exactly as the file stores it, so a read lands in place
+//! with no copy, and the compute kernels see three strided matrices over the slab whose rows are
+//! slots:
+//!
+//! - single-phase files: slot r = [gate row | up row | down column | padding], one read;
+//! - two-phase files: the slab is two arrays, gate parts [gate row | padding] and up/down parts
+//!   [up row | down column | padding], slot r being row r of each. A cold slot may hold the gate part
+//!   only (`full` = 0): the pipeline reads the up/down part only when the gate fires.
 //!
 //! Not thread-safe: one session at a time evaluates with a store (sparse_model.zig enforces it). Within
-//! a token, workers only read slots and clear pins; the one thread holding the pipeline's lock
-//! (offload_ffn.zig) changes the maps.
+//! a token, workers only read slots, set `full` on slots they own and clear pins; the one thread
+//! holding the pipeline's lock (offload_ffn.zig) changes the maps.
 const std = @import("std");
 const huge_pages = @import("../engine/huge_pages.zig");
 const posix = std.posix;
@@ -32,8 +37,10 @@ pub const OffloadLayer = struct {
     /// Position k (hot-first) -> neuron index in the model; and the inverse.
     perm: []u32,
     inv: []u32,
-    /// File offset of position 0's bundle.
+    /// File offset of position 0's bundle (two-phase: its gate bundle).
     file_offset: u64,
+    /// Two-phase: file offset of position 0's up/down bundle.
+    updown_offset: u64,
     /// Positions [0, hot) live in slots [hot_base, hot_base + hot).
     hot: u32,
     hot_base: u32,
@@ -44,7 +51,10 @@ pub const OffloadStore = struct {
     ring: *Ring,
     n_layers: usize,
     ffn: usize,
+    /// Bytes between gate parts (single-phase: between whole bundles), in the file and the slab.
     stride: usize,
+    /// Two-phase: bytes between up/down parts, in the file and the slab; 0 for single-phase files.
+    updown_stride: usize,
     gate_bytes: usize,
     up_bytes: usize,
     /// Slots [0, hot_slots) are the hot region, [hot_slots, n_slots) the cold one.
@@ -64,6 +74,8 @@ pub const OffloadStore = struct {
     ref: []u8,
     /// Every slot: 1 while the current token needs it and has not computed it (not evictable).
     pin: []std.atomic.Value(u8),
+    /// Two-phase: 1 when the slot holds its up/down part as well as its gate part.
+    full: []u8,
     hand: usize = 0,
     /// Reads could not be waited out (see Ring.drain): the kernel may still write into the slab, so
     /// it is never unmapped, and no more reads are issued.
@@ -80,9 +92,14 @@ pub const OffloadStore = struct {
             _ = sink.fail(.invalid_argument, "offload description covers {d} layers and {d} order entries; expected {d} and {d}", .{ layer_descs.len, perms.len, n_layers, n_layers * ffn });
             return error.InvalidArgument;
         }
-        const parts = @as(usize, d.gate_bytes) + d.up_bytes + d.down_bytes;
-        if (d.stride == 0 or d.stride % 512 != 0 or parts > d.stride) {
-            _ = sink.fail(.invalid_argument, "bundle stride {d} must be a multiple of 512 holding {d} bytes of weights", .{ d.stride, parts });
+        const two_phase = d.updown_stride != 0;
+        const gate_part = if (two_phase) @as(usize, d.gate_bytes) else @as(usize, d.gate_bytes) + d.up_bytes + d.down_bytes;
+        if (d.stride == 0 or d.stride % 512 != 0 or gate_part > d.stride) {
+            _ = sink.fail(.invalid_argument, "bundle stride {d} must be a multiple of 512 holding {d} bytes of weights", .{ d.stride, gate_part });
+            return error.InvalidArgument;
+        }
+        if (two_phase and (d.updown_stride % 512 != 0 or @as(usize, d.up_bytes) + d.down_bytes > d.updown_stride)) {
+            _ = sink.fail(.invalid_argument, "up/down bundle stride {d} must be a multiple of 512 holding {d} bytes of weights", .{ d.updown_stride, @as(usize, d.up_bytes) + d.down_bytes });
             return error.InvalidArgument;
         }
         if (d.cold_slots == 0) {
@@ -98,8 +115,9 @@ pub const OffloadStore = struct {
             hot_slots += ld.hot;
         }
         const n_slots = hot_slots + d.cold_slots;
-        const slab_bytes = std.math.mul(usize, n_slots, d.stride) catch {
-            _ = sink.fail(.out_of_memory, "{d} slots of {d} bytes overflow", .{ n_slots, d.stride });
+        const slot_bytes = @as(usize, d.stride) + d.updown_stride;
+        const slab_bytes = std.math.mul(usize, n_slots, slot_bytes) catch {
+            _ = sink.fail(.out_of_memory, "{d} slots of {d} bytes overflow", .{ n_slots, slot_bytes });
             return error.OutOfMemory;
         };
 
@@ -107,7 +125,7 @@ pub const OffloadStore = struct {
         errdefer allocator.destroy(self);
         // Anonymous pages: page-aligned for O_DIRECT, and charged to this process as the budget expects.
         const slab = posix.mmap(null, slab_bytes, posix.PROT.READ | posix.PROT.WRITE, .{ .TYPE = .PRIVATE, .ANONYMOUS = true }, -1, 0) catch {
-            _ = sink.fail(.out_of_memory, "cannot allocate the neuron cache ({d} slots of {d} bytes = {d} MiB)", .{ n_slots, d.stride, slab_bytes >> 20 });
+            _ = sink.fail(.out_of_memory, "cannot allocate the neuron cache ({d} slots of {d} bytes = {d} MiB)", .{ n_slots, slot_bytes, slab_bytes >> 20 });
             return error.OutOfMemory;
         };
         errdefer posix.munmap(slab);
@@ -134,11 +152,11 @@ pub const OffloadStore = struct {
                 }
                 inv[i] = @intCast(k);
             }
-            if (ld.bundles_offset % 512 != 0) {
-                _ = sink.fail(.invalid_argument, "bundles of layer {d} start at offset {d}, not a multiple of 512", .{ l, ld.bundles_offset });
+            if (ld.bundles_offset % 512 != 0 or (two_phase and ld.updown_offset % 512 != 0)) {
+                _ = sink.fail(.invalid_argument, "bundles of layer {d} start at offsets {d} / {d}, not multiples of 512", .{ l, ld.bundles_offset, ld.updown_offset });
                 return error.InvalidArgument;
             }
-            layer.* = .{ .perm = perm, .inv = inv, .file_offset = ld.bundles_offset, .hot = ld.hot, .hot_base = base };
+            layer.* = .{ .perm = perm, .inv = inv, .file_offset = ld.bundles_offset, .updown_offset = ld.updown_offset, .hot = ld.hot, .hot_base = base };
             base += ld.hot;
             built += 1;
         }
@@ -154,6 +172,9 @@ pub const OffloadStore = struct {
         const pin = try allocator.alloc(std.atomic.Value(u8), n_slots);
         errdefer allocator.free(pin);
         for (pin) |*p| p.* = std.atomic.Value(u8).init(0);
+        const full = try allocator.alloc(u8, n_slots);
+        errdefer allocator.free(full);
+        @memset(full, 0);
 
         const method: ?ring_mod.Method = if (d.method == desc.method_auto) null else std.meta.intToEnum(ring_mod.Method, d.method) catch {
             _ = sink.fail(.invalid_argument, "unknown I/O method {d}", .{d.method});
@@ -161,25 +182,30 @@ pub const OffloadStore = struct {
         };
         const ring = Ring.open(allocator, path, .{ .queue_depth = d.queue_depth, .method = method, .direct = d.direct != 0 }, slab, sink) catch return error.Io;
 
+        // Where a slot's up row starts, and the stride of the up/down rows.
+        const up_base = if (two_phase) slab.ptr + n_slots * @as(usize, d.stride) else slab.ptr + d.gate_bytes;
+        const up_stride: usize = if (two_phase) d.updown_stride else d.stride;
         self.* = .{
             .allocator = allocator,
             .ring = ring,
             .n_layers = n_layers,
             .ffn = ffn,
             .stride = d.stride,
+            .updown_stride = d.updown_stride,
             .gate_bytes = d.gate_bytes,
             .up_bytes = d.up_bytes,
             .slab = slab,
             .n_slots = n_slots,
             .hot_slots = hot_slots,
             .gate = .{ .data = slab.ptr, .row_bytes = d.stride, .n_cols = dim, .n_rows = n_slots, .dtype = d.gate_type },
-            .up = .{ .data = slab.ptr + d.gate_bytes, .row_bytes = d.stride, .n_cols = dim, .n_rows = n_slots, .dtype = d.up_type },
-            .down = .{ .data = slab.ptr + d.gate_bytes + d.up_bytes, .row_bytes = d.stride, .n_cols = dim, .n_rows = n_slots, .dtype = d.down_type },
+            .up = .{ .data = up_base, .row_bytes = up_stride, .n_cols = dim, .n_rows = n_slots, .dtype = d.up_type },
+            .down = .{ .data = up_base + d.up_bytes, .row_bytes = up_stride, .n_cols = dim, .n_rows = n_slots, .dtype = d.down_type },
             .layers = layers,
             .slot_of = slot_of,
             .owner = owner,
             .ref = ref,
             .pin = pin,
+            .full = full,
         };
         return self;
     }
@@ -200,16 +226,36 @@ pub const OffloadStore = struct {
         a.free(self.owner);
         a.free(self.ref);
         a.free(self.pin);
+        a.free(self.full);
         a.destroy(self);
     }
 
-    /// Reads layer `l`'s hot positions into its hot slots (one contiguous range in the file and in
-    /// the slab, read in chunks through the ring).
+    /// Reads layer `l`'s hot positions into its hot slots: per part (one for single-phase files,
+    /// gate then up/down for two-phase ones) one contiguous range in the file and in the slab, read
+    /// in chunks through the ring.
     pub fn loadHot(self: *OffloadStore, l: usize, sink: *ErrorSink) Status {
         if (self.ring_broken) return sink.fail(.io, "the bundle file's reads failed beyond recovery earlier; reopen the model", .{});
         const layer = &self.layers[l];
-        const total = @as(usize, layer.hot) * self.stride;
-        const dst = self.slab[@as(usize, layer.hot_base) * self.stride ..][0..total];
+        const status = self.loadRange(l, layer.file_offset, self.stride, self.gatePart(0), sink);
+        if (status != .ok) return status;
+        if (self.twoPhase()) {
+            const s2 = self.loadRange(l, layer.updown_offset, self.updown_stride, self.updownPart(0), sink);
+            if (s2 != .ok) return s2;
+        }
+        for (0..layer.hot) |k| {
+            const slot = layer.hot_base + @as(u32, @intCast(k));
+            self.slot_of[l * self.ffn + k] = slot;
+            self.full[slot] = 1;
+        }
+        return .ok;
+    }
+
+    /// Reads layer `l`'s hot positions of one part: `layer.hot` parts `stride` apart from `file_offset`
+    /// into the part array at `base`.
+    fn loadRange(self: *OffloadStore, l: usize, file_offset: u64, stride: usize, base: [*]u8, sink: *ErrorSink) Status {
+        const layer = &self.layers[l];
+        const total = @as(usize, layer.hot) * stride;
+        const dst = base + @as(usize, layer.hot_base) * stride;
         var done: usize = 0;
         var reads: [16]ring_mod.Read = undefined;
         while (done < total) {
@@ -217,7 +263,7 @@ pub const OffloadStore = struct {
             var at = done;
             while (n < reads.len and at < total) : (n += 1) {
                 const len = @min(load_chunk_bytes, total - at);
-                reads[n] = .{ .offset = layer.file_offset + at, .len = @intCast(len), .dst = dst.ptr + at, .tag = n };
+                reads[n] = .{ .offset = file_offset + at, .len = @intCast(len), .dst = dst + at, .tag = n };
                 at += len;
             }
             self.ring.submit(reads[0..n]) catch |e| return sink.fail(.io, "cannot queue reads of layer {d}'s hot neurons: {s}", .{ l, @errorName(e) });
@@ -236,7 +282,6 @@ pub const OffloadStore = struct {
             }
             done = at;
         }
-        for (0..layer.hot) |k| self.slot_of[l * self.ffn + k] = layer.hot_base + @as(u32, @intCast(k));
         return .ok;
     }
 
@@ -257,6 +302,7 @@ pub const OffloadStore = struct {
             }
             if (self.owner[c] != none) self.slot_of[self.owner[c]] = none;
             self.owner[c] = none;
+            self.full[slot] = 0;
             return @intCast(slot);
         }
         return null;
@@ -268,6 +314,27 @@ pub const OffloadStore = struct {
         self.owner[c] = @intCast(l * self.ffn + k);
         self.slot_of[l * self.ffn + k] = slot;
         self.ref[c] = 1;
+    }
+
+    pub fn twoPhase(self: *const OffloadStore) bool {
+        return self.updown_stride != 0;
+    }
+
+    /// Where slot `slot`'s gate part (single-phase: its whole bundle) and up/down part land.
+    pub fn gatePart(self: *const OffloadStore, slot: u32) [*]u8 {
+        return self.slab.ptr + @as(usize, slot) * self.stride;
+    }
+
+    pub fn updownPart(self: *const OffloadStore, slot: u32) [*]u8 {
+        return @constCast(self.up.data) + @as(usize, slot) * self.updown_stride;
+    }
+
+    /// Forgets what cold slot `slot` holds (after a failed read into it).
+    pub fn forget(self: *OffloadStore, slot: u32) void {
+        const c = slot - self.hot_slots;
+        if (self.owner[c] != none) self.slot_of[self.owner[c]] = none;
+        self.owner[c] = none;
+        self.full[slot] = 0;
     }
 
     pub fn isHot(self: *const OffloadStore, slot: u32) bool {

@@ -154,7 +154,7 @@ pub inline fn activate(kind: ops.Activation, g: f32, u: f32, cats: f32) f32 {
 }
 
 /// Whether a neuron fires, judged from its gate alone (dReLU's up sign is checked when computed).
-inline fn gateFires(kind: ops.Activation, g: f32, cats: f32) bool {
+pub inline fn gateFires(kind: ops.Activation, g: f32, cats: f32) bool {
     return switch (kind) {
         .swiglu => @abs(silu(g)) > cats,
         .relu, .drelu => g > 0,
@@ -268,12 +268,9 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     }
     var active: u64 = 0;
     for (sc.active_count) |a| active += a;
-    // In memory, up rows are read for the candidates whose gate fired; a bundle holds both rows.
-    var up_rows: u64 = n_sel;
-    if (sm.offload == null) {
-        up_rows = 0;
-        for (sc.up_rows) |r| up_rows += r;
-    }
+    // Up rows are computed for the candidates whose gate fired.
+    var up_rows: u64 = 0;
+    for (sc.up_rows) |r| up_rows += r;
     st.candidates += n_sel;
     st.active += active;
     st.clusters += n_clusters;
