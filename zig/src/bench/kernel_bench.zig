@@ -114,7 +114,7 @@ pub const Bench = struct {
 
     fn matvecJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
         const self: *Bench = @ptrCast(@alignCast(ctx));
-        for (begin..end) |r| self.y[r] = dot.dot(self.dtype, self.data.ptr + r * self.row_bytes, self.act.ptr, self.cols);
+        dot.matvecRows(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.y.ptr, begin, end);
     }
 
     fn matmulJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {

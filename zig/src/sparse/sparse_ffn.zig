@@ -70,6 +70,7 @@ pub const Scratch = struct {
     sel_model: []u32, // (ffn) candidates' indices in the model, in hot-first order
     sel_perm: []u32, // (ffn) the same candidates' positions in the hot-first order
     cluster_start: []u32, // (ffn / cluster_size + 2) offsets into sel_*
+    sel_bits: []u64, // (ceil(ffn / 64)) selected hot-first positions, one bit each
     y: []f32, // (threads, dim) one accumulator per thread
     act: []align(64) u8, // prepared x for the gate rows
     act_up: []align(64) u8, // prepared x for the up rows, when their format differs
@@ -137,6 +138,10 @@ const Job = struct {
     }
 };
 
+inline fn mark(bits: []u64, k: u32) void {
+    bits[k >> 6] |= @as(u64, 1) << @intCast(k & 63);
+}
+
 inline fn silu(x: f32) f32 {
     return x / (1.0 + @exp(-x));
 }
@@ -200,14 +205,37 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
 
     // 2. selection in hot-first order, grouped into clusters of `cluster_size` selected neurons
     // (not of that many positions: 90% of the positions of a cold range are not selected, and a
-    // cluster of two rows pays a pass over y per row instead of per 4 rows)
+    // cluster of two rows pays a pass over y per row instead of per 4 rows). The scores are scanned
+    // in model order (sequential, 8 at a time) into a bitmap of positions, which is then read in
+    // order: walking the positions and looking each score up took 1.2-1.5 ms per 7B token.
     const k_size: usize = cfg.cluster_size;
+    const bits = sc.sel_bits;
+    @memset(bits, 0);
+    const inv = sm.position(l);
+    if (use_predictor) {
+        const V = @Vector(8, f32);
+        const thr: V = @splat(ls.score_threshold);
+        var i: usize = 0;
+        while (i + 8 <= ffn) : (i += 8) {
+            const v: V = sc.scores[i..][0..8].*;
+            var mask: u8 = @bitCast(v >= thr);
+            while (mask != 0) : (mask &= mask - 1) mark(bits, inv[i + @ctz(mask)]);
+        }
+        while (i < ffn) : (i += 1) {
+            if (sc.scores[i] >= ls.score_threshold) mark(bits, inv[i]);
+        }
+    } else {
+        for (0..ffn) |i| {
+            if (gateFires(hp.activation, sc.scores[i], ls.cats_threshold)) mark(bits, inv[i]);
+        }
+    }
     var n_sel: usize = 0;
-    for (perm, 0..) |i, kk| {
-        const pick = if (use_predictor) sc.scores[i] >= ls.score_threshold else gateFires(hp.activation, sc.scores[i], ls.cats_threshold);
-        if (pick) {
-            sc.sel_model[n_sel] = i;
+    for (bits, 0..) |word, wi| {
+        var w = word;
+        while (w != 0) : (w &= w - 1) {
+            const kk = wi * 64 + @ctz(w);
             sc.sel_perm[n_sel] = @intCast(kk);
+            sc.sel_model[n_sel] = perm[kk];
             n_sel += 1;
         }
     }

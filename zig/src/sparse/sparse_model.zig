@@ -148,6 +148,11 @@ pub const SparseModel = struct {
     pub fn order(self: *const SparseModel, l: usize) []const u32 {
         return if (self.store) |st| st.layers[l].perm else self.offload.?.layers[l].perm;
     }
+
+    /// The model's neuron index -> hot-first position, for layer `l`.
+    pub fn position(self: *const SparseModel, l: usize) []const u32 {
+        return if (self.store) |st| st.layers[l].inv else self.offload.?.layers[l].inv;
+    }
 };
 
 fn fail(status_out: *Status, s: Status) error{Failed} {

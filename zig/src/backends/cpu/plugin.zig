@@ -45,8 +45,7 @@ fn prepareActivation(ctx: ?*anyopaque, weight_dtype: u32, x: [*]const f32, n: u6
 
 fn matvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, y: [*]f32, row_begin: u64, row_end: u64) callconv(.c) void {
     _ = ctx;
-    const wt: DType = @enumFromInt(w.dtype);
-    for (row_begin..row_end) |r| y[r] = dot.dot(wt, w.data + r * w.row_bytes, act, w.n_cols);
+    dot.matvecRows(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, y, row_begin, row_end);
 }
 
 /// Tiles of rows x tokens (kernels/matmul.zig): each weight block is read and unpacked once for
