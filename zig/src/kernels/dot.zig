@@ -123,6 +123,12 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
             const x = Q8Act.of(act, n);
             for (begin..end) |r| y[r] = @call(.always_inline, dot32, .{ t, true, data + r * row_bytes, x, n / qk });
         },
+        inline .q4_k, .q5_k => |t| for (begin..end) |r| {
+            y[r] = @call(.always_inline, dotQ4K, .{ t, data + r * row_bytes, @as([*]align(1) const quant.BlockQ8_K, @ptrCast(act)), n / qk_k });
+        },
+        .q6_k => for (begin..end) |r| {
+            y[r] = @call(.always_inline, dotQ6K, .{ @as([*]align(1) const quant.BlockQ6_K, @ptrCast(data + r * row_bytes)), @as([*]align(1) const quant.BlockQ8_K, @ptrCast(act)), n / qk_k });
+        },
         else => for (begin..end) |r| {
             y[r] = dot(w, data + r * row_bytes, act, n);
         },
