@@ -1,7 +1,11 @@
 /**
  * Kernel throughput: memory read bandwidth, and GB/s of weights streamed by the matrix-vector
  * (decode) kernel of every weight type, at 1 and 2 threads (or SPARROW_BENCH_THREADS), measured in
- * the same run and printed side by side; plus the matrix-matrix (prefill) kernel per token.
+ * the same run and printed side by side; the matrix-matrix (prefill) kernel per token; and the sparse
+ * FFN kernels as the engine runs them (clusters of 32 selected rows per work item, the rows in huge
+ * pages): dot products of gathered gate/up rows, and the row axpy of the transposed down
+ * projection, over all rows and over every 8th (a 7B ReLU model computes ~10-13% of its neurons).
+ * SPARROW_BENCH_TYPES narrows the matrix-vector types only.
  *
  *   deno bench -A bench/kernels_bench.ts
  *
@@ -23,7 +27,7 @@ const cols = 4096;
 const weightBytes = 256e6;
 
 type Handle = Deno.PointerObject;
-const kinds = { memRead: 0, matvec: 1, matmul: 2 } as const;
+const kinds = { memRead: 0, matvec: 1, matmul: 2, gathered: 3, axpy: 4 } as const;
 
 function create(kind: number, dtype: number, rows: number, tokens: number, threads: number, width = cols): Handle {
   const h = c.sp_bench_create(kind, dtype, BigInt(rows), BigInt(width), tokens, threads);
@@ -82,6 +86,32 @@ for (const name of types.filter((n) => n.startsWith("q"))) {
   }
 }
 
+// Sparse FFN kernels on 16 layers' worth of a 7B-shape FFN matrix (16 x 14336 rows of 4096, so
+// even an eighth of it is far past the last-level cache): gate/up row types for the gathered dot
+// products, transposed-down types for the axpy; `tokens` = keep every N-th row.
+const sparseRows = 16 * 14336;
+const sparseCases = [
+  ...["q4_0", "q4_1", "q8_0"].map((type) => ({ kind: kinds.gathered, label: "gathered dot", type })),
+  ...["q8_0", "q4_0"].map((type) => ({ kind: kinds.axpy, label: "row axpy", type })),
+];
+const selections = [1, 8];
+for (const sc of sparseCases) {
+  const info = ggmlTypeByName(sc.type)!;
+  for (const every of selections) {
+    for (const t of threadCounts) {
+      const h = create(sc.kind, info.id, sparseRows, every, t);
+      const bytes = Number(c.sp_bench_bytes(h));
+      Deno.bench({
+        name: `${sc.label} ${sc.type}, every ${every} of 14336x${cols} rows (${
+          (bytes / 1e6).toFixed(0)
+        } MB), ${t} thread(s)`,
+        group: `memory ${t}T`,
+        fn: () => record(`${sc.label} ${sc.type} ${every} ${t}`, bytes, Number(c.sp_bench_run(h))),
+      });
+    }
+  }
+}
+
 table(`Memory bandwidth and decode kernels (${machine()}); best GB/s of the run`, [
   "kernel",
   ...threadCounts.map((t) => `${t} thread${t > 1 ? "s" : ""}`),
@@ -110,3 +140,23 @@ table("Prefill kernel (64 tokens) vs decode kernel, 4096x4096, best us per token
     ...threadCounts.map((t) => (prefillTimes.get(`${name} ${t} ${kinds.matvec}`) ?? NaN).toFixed(0)),
     ...threadCounts.map((t) => (prefillTimes.get(`${name} ${t} ${kinds.matmul}`) ?? NaN).toFixed(0)),
   ]));
+
+table(`Sparse FFN kernels, ${sparseRows}x${cols} matrices, clusters of 32 selected rows; best GB/s of rows read`, [
+  "kernel",
+  "rows",
+  ...threadCounts.map((t) => `${t} thread${t > 1 ? "s" : ""}`),
+  ...threadCounts.map((t) => `% of bandwidth (${t}T)`),
+], () => {
+  const mem = threadCounts.map((t) => best.get(`mem ${t}`) ?? NaN);
+  return sparseCases.flatMap((sc) =>
+    selections.map((every) => {
+      const g = threadCounts.map((t) => best.get(`${sc.label} ${sc.type} ${every} ${t}`) ?? NaN);
+      return [
+        `${sc.label} ${sc.type}`,
+        every === 1 ? "all" : `1 in ${every}`,
+        ...g.map((v) => v.toFixed(1)),
+        ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
+      ];
+    })
+  );
+});

@@ -3,15 +3,25 @@
 //! do. A benchmark is created once (buffers allocated and filled), run many times (one operation
 //! per run, timed by the caller), then destroyed. Working sets are far larger than the last-level
 //! cache so the figures are DRAM figures. bench/kernels_bench.ts prints them side by side.
+//!
+//! The sparse FFN kernels run as the engine runs them: a selection of rows (every `tokens`-th row:
+//! 1 = all, 8 = an eighth, as in a 7B ReLU model's ~10% active neurons) in clusters of 32 selected
+//! rows handed to the threads; `gathered` computes dot products of the selected rows (gate and up
+//! rows), `axpy` adds the selected rows, scaled, into one accumulator per thread (the transposed
+//! down projection).
 const std = @import("std");
 const kernels = @import("kernels");
 const DType = kernels.DType;
 const dot = kernels.dot;
 const ThreadPool = @import("../engine/thread_pool.zig").ThreadPool;
+const huge_pages = @import("../engine/huge_pages.zig");
 
 const allocator = std.heap.c_allocator;
 
-pub const Kind = enum(u32) { mem_read = 0, matvec = 1, matmul = 2 };
+pub const Kind = enum(u32) { mem_read = 0, matvec = 1, matmul = 2, gathered = 3, axpy = 4 };
+
+/// Selected rows per work item of the sparse kinds (the engine's default cluster size).
+const cluster = 32;
 
 pub const Bench = struct {
     kind: Kind,
@@ -26,12 +36,17 @@ pub const Bench = struct {
     act: []align(64) u8,
     act_stride: usize,
     y: []f32,
+    /// Sparse kinds: the selected rows, their coefficients (axpy), and one accumulator per thread.
+    sel: []u32 = &.{},
+    coeffs: []f32 = &.{},
+    acc: []f32 = &.{},
     sink: std.atomic.Value(u64) = std.atomic.Value(u64).init(0),
 
     /// Allocates and fills a benchmark: `rows` x `cols` weights of `dtype` (mem_read reads
-    /// rows * cols bytes), `tokens` inputs for matmul.
+    /// rows * cols bytes), `tokens` inputs for matmul, every `tokens`-th row for the sparse kinds.
     pub fn create(kind: Kind, dtype: DType, rows: usize, cols: usize, tokens: usize, threads: usize) !*Bench {
         if (threads == 0 or threads > 256 or rows == 0 or cols == 0) return error.InvalidArgument;
+        if (kind == .axpy and (!kernels.axpy.supported(dtype) or cols % 32 != 0)) return error.Unsupported;
         const self = try allocator.create(Bench);
         errdefer allocator.destroy(self);
         const row_bytes = if (kind == .mem_read) cols else (if (dtype.isWeightType()) dtype.rowBytes(cols) orelse return error.Unsupported else return error.Unsupported);
@@ -45,6 +60,8 @@ pub const Bench = struct {
         errdefer allocator.free(act);
         const y = try allocator.alloc(f32, if (kind == .mem_read) 1 else rows * n_tokens);
         errdefer allocator.free(y);
+        // The sparse stores the engine gathers from sit in huge pages (sparse/neuron_store.zig).
+        if (kind == .gathered or kind == .axpy) huge_pages.advise(data);
         if (kind == .mem_read) {
             rng.bytes(data);
         } else {
@@ -56,10 +73,29 @@ pub const Bench = struct {
                 dot.prepareActivation(dtype, x, act[t * stride ..][0..stride]);
             }
         }
+        const pool = try ThreadPool.init(allocator, threads);
+        errdefer pool.deinit();
+        var sel: []u32 = &.{};
+        var coeffs: []f32 = &.{};
+        var acc: []f32 = &.{};
+        if (kind == .gathered or kind == .axpy) {
+            const every = @max(tokens, 1);
+            sel = try allocator.alloc(u32, (rows + every - 1) / every);
+            errdefer allocator.free(sel);
+            for (sel, 0..) |*r, k| r.* = @intCast(k * every);
+            coeffs = try allocator.alloc(f32, sel.len);
+            errdefer allocator.free(coeffs);
+            for (coeffs) |*v| v.* = rng.floatNorm(f32);
+            acc = try allocator.alloc(f32, threads * cols);
+            @memset(acc, 0);
+        }
         self.* = .{
+            .sel = sel,
+            .coeffs = coeffs,
+            .acc = acc,
             .kind = kind,
             .dtype = dtype,
-            .pool = try ThreadPool.init(allocator, threads),
+            .pool = pool,
             .data = data,
             .rows = rows,
             .cols = cols,
@@ -77,12 +113,15 @@ pub const Bench = struct {
         allocator.free(self.data);
         allocator.free(self.act);
         allocator.free(self.y);
+        allocator.free(self.sel);
+        allocator.free(self.coeffs);
+        allocator.free(self.acc);
         allocator.destroy(self);
     }
 
     /// Bytes of memory (or weights) one run reads.
     pub fn bytes(self: *const Bench) usize {
-        return self.data.len;
+        return if (self.kind == .gathered or self.kind == .axpy) self.sel.len * self.row_bytes else self.data.len;
     }
 
     /// One operation; returns its time in ns. Inputs are prepared at creation: decode prepares its
@@ -93,6 +132,8 @@ pub const Bench = struct {
             .mem_read => self.pool.run(self, memReadJob, self.data.len / 64, 1 << 14),
             .matvec => self.pool.run(self, matvecJob, self.rows, 64),
             .matmul => self.pool.run(self, matmulJob, self.rows, 64),
+            .gathered => self.pool.run(self, gatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
+            .axpy => self.pool.run(self, axpyJob, (self.sel.len + cluster - 1) / cluster, 1),
         }
         return timer.read();
     }
@@ -115,6 +156,25 @@ pub const Bench = struct {
     fn matvecJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
         const self: *Bench = @ptrCast(@alignCast(ctx));
         dot.matvecRows(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.y.ptr, begin, end);
+    }
+
+    fn gatheredJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        for (begin..end) |c| {
+            const a = c * cluster;
+            const b = @min(a + cluster, self.sel.len);
+            dot.gatheredRows(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.sel[a..b], self.y.ptr + a);
+        }
+    }
+
+    fn axpyJob(ctx: *anyopaque, begin: usize, end: usize, thread: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        const y = self.acc[thread * self.cols ..][0..self.cols];
+        for (begin..end) |c| {
+            const a = c * cluster;
+            const b = @min(a + cluster, self.sel.len);
+            kernels.axpy.axpyRows(self.dtype, self.data.ptr, self.row_bytes, self.sel[a..b], self.coeffs.ptr + a, y.ptr, self.cols);
+        }
     }
 
     fn matmulJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {

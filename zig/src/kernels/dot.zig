@@ -121,7 +121,7 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
     switch (w) {
         inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| {
             const x = Q8Act.of(act, n);
-            for (begin..end) |r| y[r] = @call(.always_inline, dot32, .{ t, true, data + r * row_bytes, x, n / qk });
+            for (begin..end) |r| y[r] = @call(.always_inline, dot32, .{ t, .linear, data + r * row_bytes, x, n / qk, data });
         },
         inline .q4_k, .q5_k => |t| for (begin..end) |r| {
             y[r] = @call(.always_inline, dotQ4K, .{ t, data + r * row_bytes, @as([*]align(1) const quant.BlockQ8_K, @ptrCast(act)), n / qk_k });
@@ -131,6 +131,34 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
         },
         else => for (begin..end) |r| {
             y[r] = dot(w, data + r * row_bytes, act, n);
+        },
+    }
+}
+
+/// y[k] = dot(row rows[k], act) for k in [0, rows.len): rows gathered from anywhere in a matrix
+/// (sparse FFNs). Gathered rows defeat the hardware prefetcher (a row of a 7B Q4_0 gate is 2.3 KB,
+/// read in about one DRAM latency), so the rows `lookahead` ahead are prefetched while these are
+/// computed, and no row prefetches past its own end.
+pub fn gatheredRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: [*]const u8, rows: []const u32, y: [*]f32) void {
+    const lookahead = 2;
+    const at = struct {
+        fn f(d: [*]const u8, rb: usize, r: u32) [*]const u8 {
+            return d + @as(usize, r) * rb;
+        }
+    }.f;
+    for (rows[0..@min(lookahead, rows.len)]) |r| prefetchRow(at(data, row_bytes, r), row_bytes);
+    switch (w) {
+        // The 32-element block types prefetch the row `lookahead` ahead while they read this one.
+        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| {
+            const x = Q8Act.of(act, n);
+            for (rows, 0..) |r, k| {
+                const next = if (k + lookahead < rows.len) at(data, row_bytes, rows[k + lookahead]) else at(data, row_bytes, r);
+                y[k] = @call(.always_inline, dot32, .{ t, .next_row, at(data, row_bytes, r), x, n / qk, next });
+            }
+        },
+        else => for (rows, 0..) |r, k| {
+            if (k + lookahead < rows.len) prefetchRow(at(data, row_bytes, rows[k + lookahead]), row_bytes);
+            y[k] = dotGathered(w, at(data, row_bytes, r), act, n);
         },
     }
 }
@@ -146,7 +174,7 @@ fn dotWith(comptime ahead: bool, w: DType, row: [*]const u8, act: [*]const u8, n
         .f32 => dotF32(@ptrCast(@alignCast(row)), @ptrCast(@alignCast(act)), n),
         .f16 => dotF16(row, @ptrCast(@alignCast(act)), n),
         .bf16 => dotBf16(row, @ptrCast(@alignCast(act)), n),
-        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| dot32(t, ahead, row, Q8Act.of(act, n), n / qk),
+        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| dot32(t, if (ahead) .linear else .none, row, Q8Act.of(act, n), n / qk, row),
         inline .q4_k, .q5_k => |t| dotQ4K(t, row, @ptrCast(act), n / qk_k),
         .q6_k => dotQ6K(@ptrCast(row), @ptrCast(act), n / qk_k),
         else => unreachable,
@@ -228,6 +256,11 @@ pub inline fn blockDot32(comptime w_type: DType, blk: [*]const u8, xq: *const [q
     };
 }
 
+/// What dot32 prefetches while it reads a row: `linear`, the bytes `prefetch_batches` ahead
+/// (matrix-vector products, rows one after another); `next_row`, the row it will read after the
+/// next one (gathered rows: see gatheredRows); `none`.
+const Ahead = enum { linear, none, next_row };
+
 /// How many 8-block batches ahead dot32 prefetches: ~4.6 KB for Q4_0, past the ~100 ns DRAM latency at
 /// ~15 GB/s per core (measured on Zen 3 with bench/kernels_bench.ts: 4 batches left 1-thread Q4_0 at
 /// 9.4 GB/s, 32 gave 13.8).
@@ -236,7 +269,7 @@ const prefetch_batches = 32;
 /// q8_0: sum_b d_w d_x q.x
 /// q4_0, q5_0: sum_b d_w d_x q.x - c sum_b d_w s_b   (c = 8 or 16; q the unsigned 4/5-bit values)
 /// q4_1, q5_1: sum_b d_w d_x q.x + sum_b m_w s_b
-fn dot32(comptime w_type: DType, comptime ahead: bool, row: [*]const u8, x: Q8Act, nb: usize) f32 {
+fn dot32(comptime w_type: DType, comptime ahead: Ahead, row: [*]const u8, x: Q8Act, nb: usize, next: [*]const u8) f32 {
     const bb = comptime w_type.blockBytes().?;
     const has_min = comptime (w_type == .q4_1 or w_type == .q5_1);
     const offset_scale: f32 = comptime switch (w_type) {
@@ -257,7 +290,15 @@ fn dot32(comptime w_type: DType, comptime ahead: bool, row: [*]const u8, x: Q8Ac
     }) {
         // The hardware prefetcher follows the row, but starts late at each row's beginning and
         // stops at page boundaries; asking for the data a few batches ahead keeps loads in flight.
-        if (ahead) {
+        if (ahead == .next_row) {
+            // Spread over the row: three lines of the next row per batch cover it (2.25 needed
+            // for Q4_0), with no burst of prefetches at the row's start.
+            const o = (b / 8) * 192;
+            @prefetch(next + o, .{});
+            @prefetch(next + o + 64, .{});
+            @prefetch(next + o + 128, .{});
+        }
+        if (ahead == .linear) {
             @prefetch(wp + prefetch_batches * 8 * bb, .{});
             @prefetch(wp + prefetch_batches * 8 * bb + 64, .{});
             @prefetch(wp + prefetch_batches * 8 * bb + 128, .{});
@@ -460,6 +501,42 @@ test "every dot kernel matches its scalar reference" {
             if (@abs(@as(f64, got) - want) > tol) {
                 std.debug.print("dtype {s} n {d}: got {d} want {d} (tol {d})\n", .{ w.name(), n, got, want, tol });
                 return error.TestUnexpectedResult;
+            }
+        }
+    }
+}
+
+test "gatheredRows matches the scalar reference for every row it is given" {
+    const gpa = std.testing.allocator;
+    var prng = std.Random.DefaultPrng.init(31);
+    const rng = prng.random();
+    const n_rows = 40;
+    for ([_]DType{ .f16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_k, .q6_k }) |w| {
+        for ([_]usize{ 256, 4096 }) |n| {
+            const rb = w.rowBytes(n).?;
+            const data = try gpa.alloc(u8, rb * n_rows);
+            defer gpa.free(data);
+            for (0..n_rows) |r| fillRandomRow(rng, w, n, data[r * rb ..][0..rb]);
+            const x = try gpa.alloc(f32, n);
+            defer gpa.free(x);
+            for (x) |*v| v.* = rng.floatNorm(f32);
+            const act = try gpa.alignedAlloc(u8, 64, activationBytes(w, n));
+            defer gpa.free(act);
+            prepareActivation(w, x, act);
+            const scratch = try gpa.alloc(f32, 2 * n);
+            defer gpa.free(scratch);
+            // Any order, repeats, and lengths around the prefetch lookahead.
+            for ([_]usize{ 0, 1, 2, 3, 17 }) |count| {
+                var rows: [17]u32 = undefined;
+                for (rows[0..count]) |*r| r.* = rng.uintLessThan(u32, n_rows);
+                var y: [17]f32 = undefined;
+                gatheredRows(w, data.ptr, rb, n, act.ptr, rows[0..count], &y);
+                for (rows[0..count], y[0..count]) |r, got| {
+                    const want = dotReference(w, data.ptr + r * rb, act.ptr, n, scratch);
+                    var mag: f64 = 0;
+                    for (0..n) |i| mag += @abs(@as(f64, scratch[i]) * scratch[n + i]);
+                    try std.testing.expectApproxEqAbs(want, @as(f64, got), 1e-5 * mag + 1e-6);
+                }
             }
         }
     }

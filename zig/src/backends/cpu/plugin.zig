@@ -57,15 +57,7 @@ fn matmul(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, act_stri
 
 fn sparseMatvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, rows: [*]const u32, n: u64, y: [*]f32) callconv(.c) void {
     _ = ctx;
-    const wt: DType = @enumFromInt(w.dtype);
-    // Gathered rows defeat the hardware prefetcher (a row of a 7B Q4_0 gate is 2.3 KB, read in about
-    // one DRAM latency): ask for the rows `lookahead` ahead while computing this one.
-    const lookahead = 2;
-    for (0..@min(lookahead, n)) |k| dot.prefetchRow(w.data + @as(usize, rows[k]) * w.row_bytes, w.row_bytes);
-    for (0..n) |k| {
-        if (k + lookahead < n) dot.prefetchRow(w.data + @as(usize, rows[k + lookahead]) * w.row_bytes, w.row_bytes);
-        y[k] = dot.dotGathered(wt, w.data + @as(usize, rows[k]) * w.row_bytes, act, w.n_cols);
-    }
+    dot.gatheredRows(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, rows[0..n], y);
 }
 
 fn axpyRows(ctx: ?*anyopaque, w: *const api.WeightView, rows: [*]const u32, coeffs: [*]const f32, n: u64, y: [*]f32) callconv(.c) void {
