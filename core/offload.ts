@@ -31,7 +31,7 @@ export interface OffloadOptions {
   sparsity?: number;
   /** Memory budget of the whole process, bytes. */
   memory: number;
-  /** Reads in flight at once; default 32. */
+  /** Reads in flight at once; default 32 (1 for two-phase bundle files, the only depth they are read at for now). */
   queueDepth?: number;
   /** How bundles are read; default "auto" (io_uring, else a pread thread pool). */
   ioMethod?: IoMethod | "auto";
@@ -122,9 +122,8 @@ export async function buildOffload(
 ): Promise<{ store: SparseFfn; report: OffloadReport }> {
   const hp = m.hparams;
   if (!(o.memory > 0)) throw new SparrowError("invalid_argument", `memory budget ${o.memory} is not a positive size`);
-  const queueDepth = o.queueDepth ?? 32;
-  if (!Number.isInteger(queueDepth) || queueDepth < 1 || queueDepth > 4096) {
-    throw new SparrowError("invalid_argument", `queue depth ${queueDepth} is outside [1, 4096]`);
+  if (o.queueDepth !== undefined && (!Number.isInteger(o.queueDepth) || o.queueDepth < 1 || o.queueDepth > 4096)) {
+    throw new SparrowError("invalid_argument", `queue depth ${o.queueDepth} is outside [1, 4096]`);
   }
   const method = o.ioMethod ?? "auto";
   if (!(method in ioMethodIds)) {
@@ -135,6 +134,8 @@ export async function buildOffload(
   }
   const sidecar = readSidecar(o.sidecar, hp, m.fingerprint);
   const bundles = readBundleFile(o.bundles, hp, { model: m.fingerprint, sidecar: await modelFingerprint(o.sidecar) });
+  // Two-phase files are read with one read in flight for now (core/sparse.ts says why).
+  const queueDepth = o.queueDepth ?? (bundles.layout.twoPhase ? 1 : 32);
 
   const fixed = fixedRegion(m, sidecar.predictors, o);
   const plan = planMemory({

@@ -234,6 +234,16 @@ export class SparseFfn {
   ): SparseFfn {
     checkLayout();
     const lay = bundles.layout;
+    // Two-phase files with more than one read in flight gave, in about one run in twenty of the
+    // offload tests, logits 2% off the in-memory ones at one position, with every neuron's bytes and
+    // gate value checked correct at compute time; the cause is not found yet. With one read in
+    // flight they matched in every run, so that is what two-phase files get until it is.
+    if (lay.twoPhase && io.queueDepth > 1) {
+      throw new SparrowError(
+        "unsupported",
+        `${bundles.path} is a two-phase bundle file: it is read with one read in flight (queue depth 1; ${io.queueDepth} asked), until an intermittent mismatch with deeper queues is found; use a single-phase file (sparrow pack without --two-phase) for deeper queues`,
+      );
+    }
     // The engine expects gate, up, down in that order: single-phase [gate | up | down], two-phase
     // [gate] and [up | down].
     const want = lay.twoPhase

@@ -59,13 +59,15 @@ async function offloaded(
   bundles = f.bundles,
   hotShare?: number,
 ) {
+  // Two-phase files are read with one read in flight (core/sparse.ts says why).
+  const queueDepth = bundles === f.twoPhase ? 1 : undefined;
   const model = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
   // A first plan with a generous budget gives the fixed region's size; then the real one.
   const probe = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
   let fixed = 0;
   let stride = 0;
   try {
-    const r = await probe.prepareOffload({ sidecar: f.sidecar, bundles, memory: 2 ** 34, ioMethod });
+    const r = await probe.prepareOffload({ sidecar: f.sidecar, bundles, memory: 2 ** 34, ioMethod, queueDepth });
     fixed = r.plan.fixed.total;
     stride = r.plan.cacheBytes / (r.plan.hotPerLayer * shape.nLayers + r.plan.coldSlots);
   } finally {
@@ -78,6 +80,7 @@ async function offloaded(
     memory: memoryOf(fixed + (8 << 20), stride),
     ioMethod,
     hotShare,
+    queueDepth,
   });
   return { model, report };
 }
@@ -239,6 +242,16 @@ Deno.test("offloaded sparse FFNs", async (t) => {
       } finally {
         faults();
       }
+    });
+
+    await t.step("a two-phase file with more than one read in flight is refused, saying why", async () => {
+      using m = await loadModel(f.model, { threads: 2 });
+      await assert.rejects(
+        m.prepareOffload({ sidecar: f.sidecar, bundles: f.twoPhase, memory: 2 ** 34, queueDepth: 8 }),
+        (e: unknown) =>
+          e instanceof SparrowError && e.code === "unsupported" && e.message.includes(f.twoPhase) &&
+          /queue depth 1/.test(e.message),
+      );
     });
 
     await t.step("a truncated bundle file is refused when opened", async () => {
