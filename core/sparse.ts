@@ -234,10 +234,13 @@ export class SparseFfn {
   ): SparseFfn {
     checkLayout();
     const lay = bundles.layout;
-    // Two-phase files with more than one read in flight gave, in about one run in twenty of the
-    // offload tests, logits 2% off the in-memory ones at one position, with every neuron's bytes and
-    // gate value checked correct at compute time; the cause is not found yet. With one read in
-    // flight they matched in every run, so that is what two-phase files get until it is.
+    // Two-phase files are read with one read in flight for now. With deeper queues the offload
+    // tests saw, in about one run in twenty, logits 2% off the in-memory ones at one position, with
+    // every neuron's bytes, gate value and contribution checked correct. What varies is the order:
+    // each thread sums the neurons it happens to compute, in the order their reads land, so the
+    // FFN output differs from run to run in the 7th digit (single-phase files too), and a neuron
+    // near a threshold in a later layer can flip; two-phase reads at depth vary that order most.
+    // The fix is an order-independent sum (per cluster, then in a fixed order).
     if (lay.twoPhase && io.queueDepth > 1) {
       throw new SparrowError(
         "unsupported",
