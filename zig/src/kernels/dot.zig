@@ -119,19 +119,10 @@ pub fn dotGathered(w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
 /// per-row call and dispatch.
 pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: [*]const u8, y: [*]f32, begin: usize, end: usize) void {
     switch (w) {
-        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| {
-            const x = Q8Act.of(act, n);
-            for (begin..end) |r| y[r] = @call(.always_inline, dot32, .{ t, .linear, data + r * row_bytes, x, n / qk, data });
+        inline .f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_k, .q5_k, .q6_k => |t| for (begin..end) |r| {
+            y[r] = @call(.always_inline, dotWith, .{ true, t, data + r * row_bytes, act, n });
         },
-        inline .q4_k, .q5_k => |t| for (begin..end) |r| {
-            y[r] = @call(.always_inline, dotQ4K, .{ t, data + r * row_bytes, @as([*]align(1) const quant.BlockQ8_K, @ptrCast(act)), n / qk_k });
-        },
-        .q6_k => for (begin..end) |r| {
-            y[r] = @call(.always_inline, dotQ6K, .{ @as([*]align(1) const quant.BlockQ6_K, @ptrCast(data + r * row_bytes)), @as([*]align(1) const quant.BlockQ8_K, @ptrCast(act)), n / qk_k });
-        },
-        else => for (begin..end) |r| {
-            y[r] = dot(w, data + r * row_bytes, act, n);
-        },
+        else => unreachable, // the types dotWith computes: checked when the model is loaded
     }
 }
 
@@ -291,12 +282,9 @@ fn dot32(comptime w_type: DType, comptime ahead: Ahead, row: [*]const u8, x: Q8A
         // The hardware prefetcher follows the row, but starts late at each row's beginning and
         // stops at page boundaries; asking for the data a few batches ahead keeps loads in flight.
         if (ahead == .next_row) {
-            // Spread over the row: three lines of the next row per batch cover it (2.25 needed
-            // for Q4_0), with no burst of prefetches at the row's start.
-            const o = (b / 8) * 192;
-            @prefetch(next + o, .{});
-            @prefetch(next + o + 64, .{});
-            @prefetch(next + o + 128, .{});
+            // The same batch of the row after next: spread over this row's reading, with no burst
+            // of prefetches at the row's start.
+            inline for (0..(8 * bb + 63) / 64) |line| @prefetch(next + b * bb + line * 64, .{});
         }
         if (ahead == .linear) {
             @prefetch(wp + prefetch_batches * 8 * bb, .{});

@@ -81,7 +81,6 @@ pub const Scratch = struct {
 
 const Job = struct {
     s: *Session,
-    layer: usize,
     gate: *const WeightView,
     up: *const WeightView,
     down_t: *const WeightView,
@@ -205,7 +204,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
 
     // 2. selection in hot-first order, grouped into clusters of `cluster_size` selected neurons
     // (not of that many positions: 90% of the positions of a cold range are not selected, and a
-    // cluster of two rows pays a pass over y per row instead of per 4 rows). The scores are scanned
+    // cluster of two rows pays a pass over y per row instead of per group of rows). The scores are scanned
     // in model order (sequential, 8 at a time) into a bitmap of positions, which is then read in
     // order: walking the positions and looking each score up took 1.2-1.5 ms per 7B token.
     const k_size: usize = cfg.cluster_size;
@@ -283,7 +282,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         down_row_bytes = @as(DType, @enumFromInt(o.down.dtype)).rowBytes(hp.dim).?;
     } else {
         const ls_store = &sm.store.?.layers[l];
-        var job = Job{ .s = s, .layer = l, .gate = &ls_store.gate, .up = &ls_store.up, .down_t = &ls_store.down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
+        var job = Job{ .s = s, .gate = &ls_store.gate, .up = &ls_store.up, .down_t = &ls_store.down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
         s.pool.run(&job, Job.run, n_clusters, 1);
         down_row_bytes = ls_store.down_t.row_bytes;
     }
