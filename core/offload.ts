@@ -31,7 +31,7 @@ export interface OffloadOptions {
   sparsity?: number;
   /** Memory budget of the whole process, bytes. */
   memory: number;
-  /** Reads in flight at once; default 32 (1 for two-phase bundle files, the only depth they are read at for now). */
+  /** Reads in flight at once; default 32. */
   queueDepth?: number;
   /** How bundles are read; default "auto" (io_uring, else a pread thread pool). */
   ioMethod?: IoMethod | "auto";
@@ -114,7 +114,7 @@ export function fixedRegion(
  *
  * @throws {SparrowError} `bad_model` when the sidecar or bundle file was made for another model (or
  * the bundles from another sidecar), `invalid_argument` when the budget is too small (naming the
- * minimum), `io` when reads fail.
+ * minimum), `io` when reads fail, `unsupported` for two-phase bundle files.
  */
 export async function buildOffload(
   m: OffloadModel,
@@ -134,8 +134,7 @@ export async function buildOffload(
   }
   const sidecar = readSidecar(o.sidecar, hp, m.fingerprint);
   const bundles = readBundleFile(o.bundles, hp, { model: m.fingerprint, sidecar: await modelFingerprint(o.sidecar) });
-  // Two-phase files are read with one read in flight for now (core/sparse.ts says why).
-  const queueDepth = o.queueDepth ?? (bundles.layout.twoPhase ? 1 : 32);
+  const queueDepth = o.queueDepth ?? 32;
 
   const fixed = fixedRegion(m, sidecar.predictors, o);
   const plan = planMemory({

@@ -2,7 +2,7 @@
  * Offloaded sparse FFNs (neurons read from a bundle file into a budgeted cache through the I/O
  * ring) against the in-memory sparse path on the same model, sidecar and tokens: the logits must
  * agree (the bundles hold the very bytes the in-memory store computes with), whatever the budget
- * and I/O method, single- or two-phase file; and every failure (a read error, a truncated file,
+ * and I/O method; and every failure (a read error, a truncated file,
  * io_uring unavailable, a budget too small) ends in a clear error or the fallback.
  */
 import assert from "node:assert/strict";
@@ -29,7 +29,7 @@ interface Fixture {
   model: string;
   sidecar: string;
   bundles: string;
-  /** The same neurons packed two-phase (gate parts apart from up/down parts), 4096-byte aligned. */
+  /** The same neurons packed two-phase (gate parts apart from up/down parts): refused for now. */
   twoPhase: string;
   /** In-memory sparse logits (predictor mode, prompts sparse too) at every position. */
   want: Float32Array[];
@@ -57,17 +57,14 @@ async function offloaded(
   memoryOf: (fixedTotal: number, stride: number) => number,
   ioMethod: IoMethod | "auto" = "auto",
   bundles = f.bundles,
-  hotShare?: number,
 ) {
-  // Two-phase files are read with one read in flight (core/sparse.ts says why).
-  const queueDepth = bundles === f.twoPhase ? 1 : undefined;
   const model = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
   // A first plan with a generous budget gives the fixed region's size; then the real one.
   const probe = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
   let fixed = 0;
   let stride = 0;
   try {
-    const r = await probe.prepareOffload({ sidecar: f.sidecar, bundles, memory: 2 ** 34, ioMethod, queueDepth });
+    const r = await probe.prepareOffload({ sidecar: f.sidecar, bundles, memory: 2 ** 34, ioMethod });
     fixed = r.plan.fixed.total;
     stride = r.plan.cacheBytes / (r.plan.hotPerLayer * shape.nLayers + r.plan.coldSlots);
   } finally {
@@ -79,8 +76,6 @@ async function offloaded(
     bundles,
     memory: memoryOf(fixed + (8 << 20), stride),
     ioMethod,
-    hotShare,
-    queueDepth,
   });
   return { model, report };
 }
@@ -120,49 +115,7 @@ Deno.test("offloaded sparse FFNs", async (t) => {
           }
         });
       }
-      for (
-        const method of name === "only the smallest cold region"
-          ? ["io_uring", "pread_pool", "mmap"] as const
-          : ["io_uring"] as const
-      ) {
-        await t.step(`two-phase file, equal to in-memory sparse logits: ${name}, ${method}`, async () => {
-          // No hot region unless everything is pinned: every neuron is read on first use, and a gate
-          // part may stay cached alone.
-          const hotShare = name === "everything pinned" ? undefined : 0;
-          const { model, report } = await offloaded(f, memoryOf, method, f.twoPhase, hotShare);
-          try {
-            assert.equal(report.io.method, method, report.io.note);
-            assertEqualToInMemory(f, await evaluate(model, f.sidecar, f.twoPhase));
-          } finally {
-            model.close();
-          }
-        });
-      }
     }
-
-    await t.step("two-phase file: up/down parts are read only for neurons whose gate fires", async () => {
-      const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride, "io_uring", f.twoPhase, 0);
-      try {
-        using s = model.createSession({ sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.twoPhase } });
-        await s.evaluate(tokens);
-        const st = s.sparseStats();
-        // 4096-byte gate parts and 4096-byte up/down parts (dim 256: Q4_0 rows, Q8_0 down columns).
-        const part = 4096;
-        let misses = 0, coldHits = 0, readBytes = 0;
-        for (const l of st.layers) {
-          misses += l.misses;
-          coldHits += l.coldHits;
-          readBytes += l.readBytes;
-        }
-        const updownReads = (readBytes - part * misses) / part;
-        assert.ok(misses > 0, "a small cache misses");
-        assert.ok(Number.isInteger(updownReads) && updownReads > 0, `up/down reads ${updownReads}`);
-        // A candidate whose gate does not fire costs its gate part only.
-        assert.ok(updownReads < misses + coldHits, `${updownReads} up/down reads for ${misses} misses`);
-      } finally {
-        model.close();
-      }
-    });
 
     await t.step("the cache is used: hits and misses are counted, and a full cache reads nothing", async () => {
       const small = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
@@ -187,31 +140,27 @@ Deno.test("offloaded sparse FFNs", async (t) => {
       }
     });
 
-    for (
-      const [file, bundles, hotShare] of [["single-phase", f.bundles, undefined], ["two-phase", f.twoPhase, 0]] as const
-    ) {
-      await t.step(`a read error reaches the caller, and the session recovers (${file} file)`, async () => {
-        const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride, "auto", bundles, hotShare);
-        try {
-          using s = model.createSession({
-            allLogits: true,
-            sparse: { mode: "predictor", sidecar: f.sidecar, bundles },
-          });
-          faults(3n, EIO);
-          await assert.rejects(s.evaluate(tokens), (e: unknown) => {
-            assert.ok(e instanceof SparrowError && e.code === "io", String(e));
-            assert.match(e.message, /bundle of layer \d+ neuron position \d+ \(offset \d+\)/);
-            return true;
-          });
-          faults();
-          s.reset();
-          assertEqualToInMemory(f, await s.evaluate(tokens));
-        } finally {
-          faults();
-          model.close();
-        }
-      });
-    }
+    await t.step("a read error reaches the caller, and the session recovers", async () => {
+      const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
+      try {
+        using s = model.createSession({
+          allLogits: true,
+          sparse: { mode: "predictor", sidecar: f.sidecar, bundles: f.bundles },
+        });
+        faults(3n, EIO);
+        await assert.rejects(s.evaluate(tokens), (e: unknown) => {
+          assert.ok(e instanceof SparrowError && e.code === "io", String(e));
+          assert.match(e.message, /bundle of layer \d+ neuron position \d+ \(offset \d+\)/);
+          return true;
+        });
+        faults();
+        s.reset();
+        assertEqualToInMemory(f, await s.evaluate(tokens));
+      } finally {
+        faults();
+        model.close();
+      }
+    });
 
     await t.step("a short read at the end of the file is a truncation error", async () => {
       const { model } = await offloaded(f, (fixed, stride) => fixed + 64 * stride);
@@ -244,13 +193,13 @@ Deno.test("offloaded sparse FFNs", async (t) => {
       }
     });
 
-    await t.step("a two-phase file with more than one read in flight is refused, saying why", async () => {
+    await t.step("a two-phase bundle file is refused, saying why and what to do", async () => {
       using m = await loadModel(f.model, { threads: 2 });
       await assert.rejects(
-        m.prepareOffload({ sidecar: f.sidecar, bundles: f.twoPhase, memory: 2 ** 34, queueDepth: 8 }),
+        m.prepareOffload({ sidecar: f.sidecar, bundles: f.twoPhase, memory: 2 ** 34 }),
         (e: unknown) =>
           e instanceof SparrowError && e.code === "unsupported" && e.message.includes(f.twoPhase) &&
-          /queue depth 1/.test(e.message),
+          /without --two-phase/.test(e.message),
       );
     });
 
