@@ -63,22 +63,25 @@ function fileSize(path: string): number | undefined {
 }
 
 async function run(cmd: string, args: string[], what: string, passOutput: boolean): Promise<void> {
-  let out: Deno.CommandOutput;
+  let status: Deno.CommandStatus;
+  let stderr = "";
   try {
-    out = await new Deno.Command(cmd, {
-      args,
-      stdout: passOutput ? "inherit" : "piped",
-      stderr: passOutput ? "inherit" : "piped",
-    })
-      .output();
+    if (passOutput) {
+      // The tool's own output goes to stderr, both streams of it: stdout is the generated text's.
+      const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "inherit" }).spawn();
+      await child.stdout.pipeTo(Deno.stderr.writable, { preventClose: true });
+      status = await child.status;
+    } else {
+      const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+      status = out;
+      stderr = new TextDecoder().decode(out.stderr);
+    }
   } catch (e) {
     throw new SparrowError("io", `${what}: cannot run ${cmd} (${(e as Error).message})`, { cause: e });
   }
-  if (!out.success) {
-    const detail = passOutput
-      ? ""
-      : `: ${new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" | ")}`;
-    throw new SparrowError("io", `${what} failed (${cmd} ${args.join(" ")} exited with ${out.code})${detail}`);
+  if (!status.success) {
+    const detail = passOutput ? "" : `: ${stderr.trim().split("\n").slice(-3).join(" | ")}`;
+    throw new SparrowError("io", `${what} failed (${cmd} ${args.join(" ")} exited with ${status.code})${detail}`);
   }
 }
 
