@@ -520,74 +520,83 @@ test "every dot kernel matches its scalar reference" {
     }
 }
 
+/// Test data: `n_rows` random rows of type `w` and a prepared random activation, with the scalar
+/// reference and its tolerance for any row.
+const RowsFixture = struct {
+    gpa: std.mem.Allocator,
+    w: DType,
+    n: usize,
+    rb: usize,
+    data: []u8,
+    act: []align(64) u8,
+    scratch: []f32,
+
+    fn init(gpa: std.mem.Allocator, rng: std.Random, w: DType, n: usize, n_rows: usize) !RowsFixture {
+        const rb = w.rowBytes(n).?;
+        const data = try gpa.alloc(u8, rb * n_rows);
+        errdefer gpa.free(data);
+        for (0..n_rows) |r| fillRandomRow(rng, w, n, data[r * rb ..][0..rb]);
+        const x = try gpa.alloc(f32, n);
+        defer gpa.free(x);
+        for (x) |*v| v.* = rng.floatNorm(f32);
+        const act = try gpa.alignedAlloc(u8, 64, activationBytes(w, n));
+        errdefer gpa.free(act);
+        prepareActivation(w, x, act);
+        return .{ .gpa = gpa, .w = w, .n = n, .rb = rb, .data = data, .act = act, .scratch = try gpa.alloc(f32, 2 * n) };
+    }
+
+    fn deinit(f: *RowsFixture) void {
+        f.gpa.free(f.data);
+        f.gpa.free(f.act);
+        f.gpa.free(f.scratch);
+    }
+
+    /// Row r's dot product is `got`, within f32 accumulation error of the float64 reference.
+    fn expectRow(f: *RowsFixture, r: usize, got: f32) !void {
+        const want = dotReference(f.w, f.data.ptr + r * f.rb, f.act.ptr, f.n, f.scratch);
+        var mag: f64 = 0;
+        for (0..f.n) |i| mag += @abs(@as(f64, f.scratch[i]) * f.scratch[f.n + i]);
+        try std.testing.expectApproxEqAbs(want, @as(f64, got), 1e-5 * mag + 1e-6);
+    }
+};
+
 test "matvecRows matches the scalar reference for short rows (prefetched ahead) and long ones" {
-    const gpa = std.testing.allocator;
     var prng = std.Random.DefaultPrng.init(77);
-    const rng = prng.random();
     const n_rows = 100;
     for ([_]DType{ .f16, .q8_0, .q4_0, .q4_1, .q5_1 }) |w| {
         for ([_]usize{ 128, 160, 4096 }) |n| {
-            const rb = w.rowBytes(n).?;
-            const data = try gpa.alloc(u8, rb * n_rows);
-            defer gpa.free(data);
-            for (0..n_rows) |r| fillRandomRow(rng, w, n, data[r * rb ..][0..rb]);
-            const x = try gpa.alloc(f32, n);
-            defer gpa.free(x);
-            for (x) |*v| v.* = rng.floatNorm(f32);
-            const act = try gpa.alignedAlloc(u8, 64, activationBytes(w, n));
-            defer gpa.free(act);
-            prepareActivation(w, x, act);
-            const scratch = try gpa.alloc(f32, 2 * n);
-            defer gpa.free(scratch);
+            var f = try RowsFixture.init(std.testing.allocator, prng.random(), w, n, n_rows);
+            defer f.deinit();
             var y: [n_rows]f32 = undefined;
             @memset(&y, std.math.nan(f32));
             // A range that starts and ends inside the matrix: rows outside it stay untouched.
-            matvecRows(w, data.ptr, rb, n, act.ptr, &y, 3, n_rows - 5);
+            matvecRows(w, f.data.ptr, f.rb, n, f.act.ptr, &y, 3, n_rows - 5);
             for (0..n_rows) |r| {
                 if (r < 3 or r >= n_rows - 5) {
                     try std.testing.expect(std.math.isNan(y[r]));
-                    continue;
+                } else {
+                    try f.expectRow(r, y[r]);
                 }
-                const want = dotReference(w, data.ptr + r * rb, act.ptr, n, scratch);
-                var mag: f64 = 0;
-                for (0..n) |i| mag += @abs(@as(f64, scratch[i]) * scratch[n + i]);
-                try std.testing.expectApproxEqAbs(want, @as(f64, y[r]), 1e-5 * mag + 1e-6);
             }
         }
     }
 }
 
 test "gatheredRows matches the scalar reference for every row it is given" {
-    const gpa = std.testing.allocator;
     var prng = std.Random.DefaultPrng.init(31);
     const rng = prng.random();
     const n_rows = 40;
     for ([_]DType{ .f16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_k, .q6_k }) |w| {
         for ([_]usize{ 256, 4096 }) |n| {
-            const rb = w.rowBytes(n).?;
-            const data = try gpa.alloc(u8, rb * n_rows);
-            defer gpa.free(data);
-            for (0..n_rows) |r| fillRandomRow(rng, w, n, data[r * rb ..][0..rb]);
-            const x = try gpa.alloc(f32, n);
-            defer gpa.free(x);
-            for (x) |*v| v.* = rng.floatNorm(f32);
-            const act = try gpa.alignedAlloc(u8, 64, activationBytes(w, n));
-            defer gpa.free(act);
-            prepareActivation(w, x, act);
-            const scratch = try gpa.alloc(f32, 2 * n);
-            defer gpa.free(scratch);
+            var f = try RowsFixture.init(std.testing.allocator, rng, w, n, n_rows);
+            defer f.deinit();
             // Any order, repeats, and lengths around the prefetch lookahead.
             for ([_]usize{ 0, 1, 2, 3, 17 }) |count| {
                 var rows: [17]u32 = undefined;
                 for (rows[0..count]) |*r| r.* = rng.uintLessThan(u32, n_rows);
                 var y: [17]f32 = undefined;
-                gatheredRows(w, data.ptr, rb, n, act.ptr, rows[0..count], &y);
-                for (rows[0..count], y[0..count]) |r, got| {
-                    const want = dotReference(w, data.ptr + r * rb, act.ptr, n, scratch);
-                    var mag: f64 = 0;
-                    for (0..n) |i| mag += @abs(@as(f64, scratch[i]) * scratch[n + i]);
-                    try std.testing.expectApproxEqAbs(want, @as(f64, got), 1e-5 * mag + 1e-6);
-                }
+                gatheredRows(w, f.data.ptr, f.rb, n, f.act.ptr, rows[0..count], &y);
+                for (rows[0..count], y[0..count]) |r, got| try f.expectRow(r, got);
             }
         }
     }
