@@ -191,7 +191,7 @@ fn copyPredictors(allocator: std.mem.Allocator, layers: []LayerSparse) error{Out
     huge_pages.advise(data);
     var at: usize = 0;
     for (layers) |*layer| {
-        const p = &(layer.predictor orelse continue);
+        const p = if (layer.predictor) |*pred| pred else continue;
         const sizes = piece.bytes(p.*);
         inline for (.{ &p.fc1, &p.fc2 }, 0..) |w, i| {
             const n = w.row_bytes * w.n_rows;
