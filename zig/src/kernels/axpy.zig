@@ -25,6 +25,12 @@ pub fn supported(t: DType) bool {
     };
 }
 
+/// The constant that every element of a `blockAt` result still needs added (before the scale):
+/// Q4_0 elements come back as their unsigned nibbles, 8 above their values.
+inline fn offset(comptime t: DType) comptime_float {
+    return if (t == .q4_0) -8.0 else 0.0;
+}
+
 /// One 32-element block of a row: a scale and the values it multiplies.
 const Block = struct { d: f32, v: [4]F32x8 };
 
@@ -52,11 +58,17 @@ inline fn blockAt(comptime t: DType, row: [*]const u8, b: usize) Block {
             out.v = @bitCast(f);
         },
         .q4_0 => {
+            // Unsigned nibbles, widened 8 bytes at a time (one zero-extending load each) and split
+            // by mask and shift: element k < 16 is byte k's low nibble, element k + 16 its high one.
+            // The -8 of every element is left to the caller (`offset`), once per group of rows.
             const blk: *align(1) const quant.BlockQ4_0 = @ptrCast(row + b * @sizeOf(quant.BlockQ4_0));
             out.d = @floatCast(blk.d);
-            const q: @Vector(32, i8) = @bitCast(simd.nibbles(&blk.qs) -% @as(@Vector(32, u8), @splat(8)));
-            const f: @Vector(32, f32) = @floatFromInt(q);
-            out.v = @bitCast(f);
+            inline for (0..2) |h| {
+                const bytes: @Vector(lanes, u8) = blk.qs[h * lanes ..][0..lanes].*;
+                const w: @Vector(lanes, i32) = @intCast(bytes);
+                out.v[h] = @floatFromInt(w & @as(@Vector(lanes, i32), @splat(0x0f)));
+                out.v[h + 2] = @floatFromInt(w >> @splat(4));
+            }
         },
         else => unreachable,
     }
@@ -86,10 +98,16 @@ inline fn pass(comptime t: DType, comptime g: usize, data: [*]const u8, row_byte
         const out = y[b * qk ..][0..qk];
         var acc: [4]F32x8 = undefined;
         inline for (0..4) |j| acc[j] = out[j * lanes ..][0..lanes].*;
+        var cd_sum: f32 = 0;
         inline for (0..g) |i| {
             const blk = blockAt(t, r[i], b);
-            const cd: F32x8 = @splat(coeffs[i] * blk.d);
-            inline for (0..4) |j| acc[j] = @mulAdd(F32x8, cd, blk.v[j], acc[j]);
+            const cd = coeffs[i] * blk.d;
+            if (offset(t) != 0) cd_sum += cd;
+            inline for (0..4) |j| acc[j] = @mulAdd(F32x8, @splat(cd), blk.v[j], acc[j]);
+        }
+        if (offset(t) != 0) {
+            const o: F32x8 = @splat(offset(t) * cd_sum);
+            inline for (0..4) |j| acc[j] += o;
         }
         inline for (0..4) |j| out[j * lanes ..][0..lanes].* = acc[j];
     }
