@@ -4,7 +4,8 @@
  * the same run and printed side by side; the matrix-matrix (prefill) kernel per token; and the sparse
  * FFN kernels as the engine runs them (clusters of 32 selected rows per work item, the rows in huge
  * pages): dot products of gathered gate/up rows, and the row axpy of the transposed down
- * projection, over all rows and over every 8th (a 7B ReLU model computes ~10-13% of its neurons).
+ * projection, over all rows and over a random eighth in ascending order (a 7B ReLU model computes
+ * ~10-13% of its neurons, scattered: a regular stride would let the hardware prefetcher guess them).
  * SPARROW_BENCH_TYPES narrows the matrix-vector types only.
  *
  *   deno bench -A bench/kernels_bench.ts
@@ -88,7 +89,7 @@ for (const name of types.filter((n) => n.startsWith("q"))) {
 
 // Sparse FFN kernels on 16 layers' worth of a 7B-shape FFN matrix (16 x 14336 rows of 4096, so
 // even an eighth of it is far past the last-level cache): gate/up row types for the gathered dot
-// products, transposed-down types for the axpy; `tokens` = keep every N-th row.
+// products, transposed-down types for the axpy; `tokens` = keep each row with probability 1/N.
 const sparseRows = 16 * 14336;
 const sparseCases = [
   ...["q4_0", "q4_1", "q8_0"].map((type) => ({ kind: kinds.gathered, label: "gathered dot", type })),

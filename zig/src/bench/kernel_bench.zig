@@ -4,8 +4,8 @@
 //! per run, timed by the caller), then destroyed. Working sets are far larger than the last-level
 //! cache so the figures are DRAM figures. bench/kernels_bench.ts prints them side by side.
 //!
-//! The sparse FFN kernels run as the engine runs them: a selection of rows (every `tokens`-th row:
-//! 1 = all, 8 = an eighth, as in a 7B ReLU model's ~10% active neurons) in clusters of 32 selected
+//! The sparse FFN kernels run as the engine runs them: a selection of rows (each row with probability
+//! 1/`tokens`: 1 = all, 8 = an eighth, as in a 7B ReLU model's ~10% active neurons) in clusters of 32 selected
 //! rows handed to the threads; `gathered` computes dot products of the selected rows (gate and up
 //! rows), `axpy` adds the selected rows, scaled, into one accumulator per thread (the transposed
 //! down projection).
@@ -43,7 +43,7 @@ pub const Bench = struct {
     sink: std.atomic.Value(u64) = std.atomic.Value(u64).init(0),
 
     /// Allocates and fills a benchmark: `rows` x `cols` weights of `dtype` (mem_read reads
-    /// rows * cols bytes), `tokens` inputs for matmul, every `tokens`-th row for the sparse kinds.
+    /// rows * cols bytes), `tokens` inputs for matmul, each row with probability 1/`tokens` for the sparse kinds.
     pub fn create(kind: Kind, dtype: DType, rows: usize, cols: usize, tokens: usize, threads: usize) !*Bench {
         if (threads == 0 or threads > 256 or rows == 0 or cols == 0) return error.InvalidArgument;
         if (kind == .axpy and (!kernels.axpy.supported(dtype) or cols % 32 != 0)) return error.Unsupported;
@@ -79,10 +79,20 @@ pub const Bench = struct {
         var coeffs: []f32 = &.{};
         var acc: []f32 = &.{};
         if (kind == .gathered or kind == .axpy) {
+            // Each row with probability 1/every, in ascending order, as the engine's selection of
+            // scattered neurons in hot-first order: a regular stride would let the hardware
+            // prefetcher predict the next row, which it cannot do in decode.
             const every = @max(tokens, 1);
-            sel = try allocator.alloc(u32, (rows + every - 1) / every);
+            var n_sel: usize = 0;
+            sel = try allocator.alloc(u32, rows);
             errdefer allocator.free(sel);
-            for (sel, 0..) |*r, k| r.* = @intCast(k * every);
+            for (0..rows) |r| {
+                if (every == 1 or rng.uintLessThan(usize, every) == 0) {
+                    sel[n_sel] = @intCast(r);
+                    n_sel += 1;
+                }
+            }
+            sel = allocator.realloc(sel, n_sel) catch sel[0..n_sel];
             coeffs = try allocator.alloc(f32, sel.len);
             errdefer allocator.free(coeffs);
             for (coeffs) |*v| v.* = rng.floatNorm(f32);
