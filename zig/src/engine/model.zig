@@ -5,6 +5,7 @@ const desc = @import("model_desc.zig");
 const DType = @import("kernels").DType;
 const WeightView = @import("backend_api").WeightView;
 const MappedFile = @import("../io/mapped_file.zig").MappedFile;
+const huge_pages = @import("huge_pages.zig");
 const ErrorSink = @import("../status.zig").ErrorSink;
 const Status = @import("../status.zig").Status;
 
@@ -66,6 +67,8 @@ pub const Model = struct {
     matrices: []WeightView,
     /// Sessions alive on this model; closing the model with sessions open is refused.
     sessions: std.atomic.Value(u32) = std.atomic.Value(u32).init(0),
+    /// The non-FFN weights, copied out of the mapping by `copyFixedWeights` (empty until then).
+    fixed_copy: []align(64) u8 = &.{},
     sink: ErrorSink = .{},
 
     /// Maps `path` and validates `desc_bytes` (a ModelDesc followed by its LayerDescs) against it.
@@ -136,15 +139,105 @@ pub const Model = struct {
         return self;
     }
 
+    /// Copies every weight outside the FFNs (token embeddings, output, attention matrices, norms)
+    /// into anonymous memory in huge pages, points the model at the copies, and drops the mapping's
+    /// pages: for a model whose FFN neurons are offloaded to a bundle file under a memory limit.
+    /// Read through the mapping, those weights are page cache, which a memory cgroup near its limit
+    /// reclaims and the next token faults back in from disk; anonymous memory stays. Measured on the
+    /// offload bench (7B-shape synthetic, budget and cgroup limit 3279 MiB): 4.93 tok/s with 110.6 ms
+    /// of I/O stall per token in the cgroup against 7.01 tok/s and 48.0 ms outside it, same budget.
+    /// Safe while sessions run: the copies hold the same bytes, and the mapping stays mapped.
+    pub fn copyFixedWeights(self: *Model) error{OutOfMemory}!void {
+        if (self.fixed_copy.len != 0) return;
+        const tied = self.output.data == self.token_embd.data;
+        var total = FixedCopier.bytes(viewBytes(self.token_embd).len) + FixedCopier.bytes(self.output_norm.len * 4);
+        if (!tied) total += FixedCopier.bytes(viewBytes(self.output).len);
+        for (self.layers) |layer| {
+            total += FixedCopier.bytes(layer.attn_norm.len * 4) + FixedCopier.bytes(layer.ffn_norm.len * 4);
+            inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |f| total += FixedCopier.bytes(viewBytes(@field(layer, f)).len);
+        }
+        const dst = try self.allocator.alignedAlloc(u8, 64, total);
+        huge_pages.advise(dst);
+        var c = FixedCopier{ .file = self.file.bytes, .dst = dst };
+        c.view(&self.token_embd);
+        if (tied) self.output.data = self.token_embd.data else c.view(&self.output);
+        c.norm(&self.output_norm);
+        for (self.layers, 0..) |*layer, i| {
+            c.norm(&layer.attn_norm);
+            c.norm(&layer.ffn_norm);
+            inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }, 0..) |f, j| {
+                c.view(&@field(layer.*, f));
+                self.matrices[2 + 7 * i + j] = @field(layer.*, f);
+            }
+        }
+        self.matrices[0] = self.token_embd;
+        self.matrices[1] = self.output;
+        std.debug.assert(c.at == total);
+        // The FFN weights are not read from the mapping either once offloaded: drop every page.
+        advise(self.file.bytes, self.file.bytes, .DONTNEED);
+        self.fixed_copy = dst;
+    }
+
     pub fn close(self: *Model) void {
         std.debug.assert(self.sessions.load(.acquire) == 0);
         const allocator = self.allocator;
         self.file.close();
+        allocator.free(self.fixed_copy);
         allocator.free(self.layers);
         allocator.free(self.matrices);
         allocator.destroy(self);
     }
 };
+
+/// The bytes a view spans in its mapping or copy.
+fn viewBytes(v: WeightView) []const u8 {
+    return v.data[0 .. v.row_bytes * v.n_rows];
+}
+
+/// Copies what `Model.copyFixedWeights` copies, front to back, and drops each source range's pages
+/// from the mapping as it goes, so the resident set never holds both.
+const FixedCopier = struct {
+    file: []align(std.heap.page_size_min) const u8,
+    dst: []align(64) u8,
+    at: usize = 0,
+
+    fn bytes(n: usize) usize {
+        return std.mem.alignForward(usize, n, 64);
+    }
+
+    fn copy(self: *FixedCopier, src: []const u8) []const u8 {
+        const out = self.dst[self.at..][0..src.len];
+        // One readahead of the whole tensor rather than a fault (and a small read) per page: with
+        // the page cache cold, the copy took 14 s for a 7B shape's 791 MiB without it.
+        advise(self.file, src, .WILLNEED);
+        @memcpy(out, src);
+        self.at += bytes(src.len);
+        advise(self.file, src, .DONTNEED);
+        return out;
+    }
+
+    fn view(self: *FixedCopier, v: *WeightView) void {
+        v.data = self.copy(viewBytes(v.*)).ptr;
+    }
+
+    fn norm(self: *FixedCopier, n: *[]const f32) void {
+        const out = self.copy(std.mem.sliceAsBytes(n.*));
+        n.* = @as([*]const f32, @ptrCast(@alignCast(out.ptr)))[0..n.len];
+    }
+};
+
+/// madvise over the whole pages inside `range` (a part of the mapping `file`). DONTNEED drops them
+/// from this process's page tables: the page cache may keep them, but they no longer count in the
+/// resident set. WILLNEED starts reading them.
+fn advise(file: []align(std.heap.page_size_min) const u8, range: []const u8, comptime how: enum { WILLNEED, DONTNEED }) void {
+    if (@import("builtin").os.tag != .linux) return;
+    const page = std.heap.pageSize();
+    const begin = std.mem.alignForward(usize, @intFromPtr(range.ptr), page);
+    const end = std.mem.alignBackward(usize, @intFromPtr(range.ptr) + range.len, page);
+    if (end <= begin or begin < @intFromPtr(file.ptr) or end > @intFromPtr(file.ptr) + file.len) return;
+    const ptr: [*]align(std.heap.page_size_min) u8 = @ptrFromInt(begin);
+    std.posix.madvise(ptr, end - begin, @field(std.posix.MADV, @tagName(how))) catch {};
+}
 
 /// Why opening failed; the sink holds the message. `status` maps each to the FFI status code.
 pub const OpenError = error{ BadModel, Unsupported, InvalidArgument, AbiMismatch, OutOfMemory, Io };

@@ -56,14 +56,6 @@ pub const MappedFile = struct {
         return mapping;
     }
 
-    /// Withdraws the huge-page advice: for a model whose FFN weights are offloaded to a bundle file,
-    /// whose fixed region must stay within a memory budget. A 2 MiB folio around an attention matrix
-    /// also holds the neighbouring FFN bytes, which are never used: on the 7B-shape offload bench the
-    /// peak resident set was 3156 MiB with the advice, against 3083-3084 without (budget 3279).
-    pub fn adviseSmallPages(self: *MappedFile) void {
-        if (@import("builtin").os.tag == .linux) posix.madvise(@constCast(self.bytes.ptr), self.bytes.len, posix.MADV.NOHUGEPAGE) catch {};
-    }
-
     pub fn close(self: *MappedFile) void {
         posix.munmap(self.bytes);
         self.* = undefined;

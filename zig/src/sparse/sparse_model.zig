@@ -109,7 +109,7 @@ pub const SparseModel = struct {
         }
         errdefer allocator.free(predictors);
         if (offload) |o| {
-            model.file.adviseSmallPages();
+            model.copyFixedWeights() catch return fail(status_out, sink.fail(.out_of_memory, "out of memory copying the weights outside the FFNs", .{}));
             for (layers, 0..) |layer, l| {
                 if (layer.predictor == null) return fail(status_out, sink.fail(.invalid_argument, "offloaded FFNs need a predictor for every layer; layer {d} has none", .{l}));
             }
