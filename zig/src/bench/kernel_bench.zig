@@ -92,7 +92,7 @@ pub const Bench = struct {
                     n_sel += 1;
                 }
             }
-            sel = allocator.realloc(sel, n_sel) catch sel[0..n_sel];
+            sel = try allocator.realloc(sel, n_sel);
             coeffs = try allocator.alloc(f32, sel.len);
             errdefer allocator.free(coeffs);
             for (coeffs) |*v| v.* = rng.floatNorm(f32);
