@@ -2,6 +2,11 @@
 //! neuron adds its (scaled) column of W_down to the output. Rows are dequantized on the fly in f32
 //! lanes. `axpyRows` takes several rows per pass over y, so each 32-element piece of y is loaded and
 //! stored once per group of rows rather than once per row; `axpyReference` is the scalar reference.
+//!
+//! Every element of y gets one fused multiply-add per row, in the order of the row list, and nothing
+//! else: so splitting the list into consecutive calls, or y into 32-element-aligned column ranges,
+//! gives bitwise the same y. The sparse FFN relies on it (sparse/down_order.zig): its in-memory and
+//! offloaded paths hand the same rows over in differently sized runs and must agree exactly.
 const std = @import("std");
 const DType = @import("dtype.zig").DType;
 const quant = @import("quant.zig");
@@ -23,12 +28,6 @@ pub fn supported(t: DType) bool {
         .f32, .f16, .q8_0, .q4_0 => true,
         else => false,
     };
-}
-
-/// The constant that every element of a `blockAt` result still needs added (before the scale):
-/// Q4_0 elements come back as their unsigned nibbles, 8 above their values.
-inline fn offset(comptime t: DType) comptime_float {
-    return if (t == .q4_0) -8.0 else 0.0;
 }
 
 /// One 32-element block of a row: a scale and the values it multiplies.
@@ -58,16 +57,18 @@ inline fn blockAt(comptime t: DType, row: [*]const u8, b: usize) Block {
             out.v = @bitCast(f);
         },
         .q4_0 => {
-            // Unsigned nibbles, widened 8 bytes at a time (one zero-extending load each) and split
-            // by mask and shift: element k < 16 is byte k's low nibble, element k + 16 its high one.
-            // The -8 of every element is left to the caller (`offset`), once per group of rows.
+            // Nibbles widened 8 bytes at a time (one zero-extending load each) and split by mask
+            // and shift: element k < 16 is byte k's low nibble, element k + 16 its high one. The -8
+            // is taken in integers, per row: folding it into one add per group of rows would make
+            // y depend on how the rows are grouped (see the module comment).
             const blk: *align(1) const quant.BlockQ4_0 = @ptrCast(row + b * @sizeOf(quant.BlockQ4_0));
             out.d = @floatCast(blk.d);
+            const eight: @Vector(lanes, i32) = @splat(8);
             inline for (0..2) |h| {
                 const bytes: @Vector(lanes, u8) = blk.qs[h * lanes ..][0..lanes].*;
                 const w: @Vector(lanes, i32) = @intCast(bytes);
-                out.v[h] = @floatFromInt(w & @as(@Vector(lanes, i32), @splat(0x0f)));
-                out.v[h + 2] = @floatFromInt(w >> @splat(4));
+                out.v[h] = @floatFromInt((w & @as(@Vector(lanes, i32), @splat(0x0f))) - eight);
+                out.v[h + 2] = @floatFromInt((w >> @splat(4)) - eight);
             }
         },
         else => unreachable,
@@ -98,16 +99,10 @@ inline fn pass(comptime t: DType, comptime g: usize, data: [*]const u8, row_byte
         const out = y[b * qk ..][0..qk];
         var acc: [4]F32x8 = undefined;
         inline for (0..4) |j| acc[j] = out[j * lanes ..][0..lanes].*;
-        var cd_sum: f32 = 0;
         inline for (0..g) |i| {
             const blk = blockAt(t, r[i], b);
             const cd = coeffs[i] * blk.d;
-            if (offset(t) != 0) cd_sum += cd;
             inline for (0..4) |j| acc[j] = @mulAdd(F32x8, @splat(cd), blk.v[j], acc[j]);
-        }
-        if (offset(t) != 0) {
-            const o: F32x8 = @splat(offset(t) * cd_sum);
-            inline for (0..4) |j| acc[j] += o;
         }
         inline for (0..4) |j| out[j * lanes ..][0..lanes].* = acc[j];
     }
@@ -154,6 +149,47 @@ test "axpyRows matches its scalar reference for every supported type and row cou
                 for (y, want) |got, w| try std.testing.expectApproxEqAbs(w, @as(f64, got), 1e-4 * (@abs(w) + 1));
             }
         }
+    }
+}
+
+test "axpyRows gives bitwise the same y however the rows are split into calls and y into column ranges" {
+    const gpa = std.testing.allocator;
+    var prng = std.Random.DefaultPrng.init(11);
+    const rng = prng.random();
+    const dot = @import("dot.zig");
+    const n = 256;
+    const n_rows = 29;
+    for ([_]DType{ .f32, .f16, .q8_0, .q4_0 }) |t| {
+        const rb = t.rowBytes(n).?;
+        const data = try gpa.alloc(u8, rb * n_rows);
+        defer gpa.free(data);
+        for (0..n_rows) |r| dot.fillRandomRow(rng, t, n, data[r * rb ..][0..rb]);
+        var rows: [n_rows]u32 = undefined;
+        var coeffs: [n_rows]f32 = undefined;
+        for (&rows, &coeffs, 0..) |*r, *c, k| {
+            r.* = @intCast((k * 7) % n_rows);
+            c.* = rng.floatNorm(f32);
+        }
+        var start: [n]f32 = undefined;
+        for (&start) |*v| v.* = rng.floatNorm(f32);
+        var whole = start;
+        axpyRows(t, data.ptr, rb, &rows, &coeffs, &whole, n);
+        // Runs of 1, 3, 9 and 16 rows (groups of 8 and single rows fall differently).
+        for ([_]usize{ 1, 3, 9, 16 }) |run| {
+            var split = start;
+            var k: usize = 0;
+            while (k < n_rows) : (k += run) {
+                const e = @min(k + run, n_rows);
+                axpyRows(t, data.ptr, rb, rows[k..e], coeffs[k..].ptr, &split, n);
+            }
+            try std.testing.expectEqualSlices(u32, @ptrCast(&whole), @ptrCast(&split));
+        }
+        // Column ranges [0, 96) and [96, 256): the second starts three blocks into every row.
+        var cols = start;
+        const c0 = 96;
+        axpyRows(t, data.ptr, rb, &rows, &coeffs, &cols, c0);
+        axpyRows(t, data.ptr + t.rowBytes(c0).?, rb, &rows, &coeffs, cols[c0..].ptr, n - c0);
+        try std.testing.expectEqualSlices(u32, @ptrCast(&whole), @ptrCast(&cols));
     }
 }
 
