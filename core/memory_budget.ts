@@ -10,9 +10,12 @@
  *
  * The rule, until a planner chooses from a hardware profile: what the fixed region leaves is the
  * neuron cache; `hotShare` of it (default 3/4) goes to the hot region, as the same number of
- * top-ranked neurons in every layer (whole bundles), and the rest to the cold region, which never
- * gets fewer than `minColdSlots` slots (enough to keep the I/O queue full). A budget that cannot
- * hold the fixed region and that minimum is refused, naming the minimum.
+ * top-ranked neurons in every layer (whole bundles), and the rest to the cold region. The cold region
+ * never gets fewer slots than a layer has neurons that are not hot (a token keeps every neuron it
+ * uses in a layer cached until the layer's down columns are summed, in a fixed order), nor fewer
+ * than `minColdSlots` (enough to keep the I/O queue full); so the smallest neuron cache is one layer's
+ * neurons, all cold. A budget that cannot hold the fixed region and that cache is refused, naming the
+ * minimum.
  *
  * @module
  */
@@ -107,7 +110,10 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
     headroom,
     total: fixedTotal,
   };
-  const minimum = fixedTotal + minCold * i.stride;
+  // The smallest cache: no hot neurons, a cold slot for each neuron of a layer (every hot neuron per
+  // layer costs nLayers slots and saves one cold slot).
+  const minSlots = Math.max(minCold, i.ffnDim);
+  const minimum = fixedTotal + minSlots * i.stride;
   if (!(i.budget >= minimum)) {
     throw new SparrowError(
       "invalid_argument",
@@ -115,9 +121,11 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
         mib(i.runtimeBytes)
       }, non-FFN weights ${mib(i.fixedWeightBytes)}, predictors ${mib(i.predictorBytes)}, KV cache ${
         mib(i.kvBytes)
-      }, scratch ${mib(i.scratchBytes)}, headroom ${mib(headroom)}) and the neuron cache at least ${minCold} bundles (${
-        mib(minCold * i.stride)
-      }); give at least ${mib(minimum)}`,
+      }, scratch ${mib(i.scratchBytes)}, headroom ${
+        mib(headroom)
+      }) and the neuron cache at least ${minSlots} bundles (${
+        mib(minSlots * i.stride)
+      }: a layer's neurons, all cold); give at least ${mib(minimum)}`,
     );
   }
   const cacheSlots = Math.floor((i.budget - fixedTotal) / i.stride);
@@ -127,7 +135,10 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
     hotPerLayer = i.ffnDim; // everything fits: pin it all
   } else {
     hotPerLayer = Math.min(i.ffnDim, Math.floor((cacheSlots * hotShare) / i.nLayers));
-    if (cacheSlots - hotPerLayer * i.nLayers < minCold) hotPerLayer = Math.floor((cacheSlots - minCold) / i.nLayers);
+    // The cold region keeps minCold slots and a layer's neurons that are not hot (ffnDim - hot).
+    hotPerLayer = Math.min(hotPerLayer, Math.floor((cacheSlots - minCold) / i.nLayers));
+    if (i.nLayers > 1) hotPerLayer = Math.min(hotPerLayer, Math.floor((cacheSlots - i.ffnDim) / (i.nLayers - 1)));
+    hotPerLayer = Math.max(0, hotPerLayer);
   }
   const coldSlots = hotPerLayer === i.ffnDim ? minCold : cacheSlots - hotPerLayer * i.nLayers;
   const cacheBytes = (hotPerLayer * i.nLayers + coldSlots) * i.stride;

@@ -114,7 +114,7 @@ export function fixedRegion(
  *
  * @throws {SparrowError} `bad_model` when the sidecar or bundle file was made for another model (or
  * the bundles from another sidecar), `invalid_argument` when the budget is too small (naming the
- * minimum), `io` when reads fail, `unsupported` for two-phase bundle files.
+ * minimum), `io` when reads fail.
  */
 export async function buildOffload(
   m: OffloadModel,

@@ -234,17 +234,6 @@ export class SparseFfn {
   ): SparseFfn {
     checkLayout();
     const lay = bundles.layout;
-    // The core can read two-phase files (gate parts first, up/down parts only where the gate
-    // fires), but their logits differ from the in-memory ones at one position in some runs of the
-    // offload tests (2%, also with one read in flight, though rarer), while every neuron's bytes,
-    // gate value and contribution checked correct; single-phase files never did. Until that is
-    // understood they are refused rather than computed.
-    if (lay.twoPhase) {
-      throw new SparrowError(
-        "unsupported",
-        `${bundles.path} is a two-phase bundle file; reading them is disabled until a mismatch with in-memory logits is fixed: pack without --two-phase`,
-      );
-    }
     // The engine expects gate, up, down in that order: single-phase [gate | up | down], two-phase
     // [gate] and [up | down].
     const want = lay.twoPhase

@@ -358,5 +358,6 @@ test {
     _ = @import("api_io.zig");
     _ = subspace_fit;
     _ = @import("offload/offload_store.zig");
+    _ = @import("sparse/down_order.zig");
     _ = status;
 }

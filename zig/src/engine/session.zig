@@ -245,9 +245,11 @@ fn allocScratch(s: *Session, max_rank: usize, cluster_size: usize) !sparse_ffn.S
     errdefer a.free(sc.sel_perm);
     sc.cluster_start = try a.alloc(u32, ffn / cluster_size + 2);
     errdefer a.free(sc.cluster_start);
+    sc.cluster_active = try a.alloc(u32, ffn / cluster_size + 2);
+    errdefer a.free(sc.cluster_active);
     sc.sel_bits = try a.alloc(u64, (ffn + 63) / 64);
     errdefer a.free(sc.sel_bits);
-    sc.y = try a.alloc(f32, threads * hp.dim);
+    sc.y = try a.alloc(f32, hp.dim);
     errdefer a.free(sc.y);
     sc.act = try a.alignedAlloc(u8, 64, s.act_stride);
     errdefer a.free(sc.act);
@@ -271,6 +273,7 @@ fn freeScratch(a: std.mem.Allocator, sc: sparse_ffn.Scratch) void {
     a.free(sc.sel_model);
     a.free(sc.sel_perm);
     a.free(sc.cluster_start);
+    a.free(sc.cluster_active);
     a.free(sc.sel_bits);
     a.free(sc.y);
     a.free(sc.act);

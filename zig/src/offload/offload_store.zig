@@ -14,7 +14,7 @@
 //!   only (`full` = 0): the pipeline reads the up/down part only when the gate fires.
 //!
 //! Not thread-safe: one session at a time evaluates with a store (sparse_model.zig enforces it). Within
-//! a token, workers only read slots, set `full` on slots they own and clear pins; the one thread
+//! a token, workers only read slots and set `full` on slots they own; the one thread
 //! holding the pipeline's lock (offload_ffn.zig) changes the maps.
 const std = @import("std");
 const huge_pages = @import("../engine/huge_pages.zig");
@@ -72,7 +72,7 @@ pub const OffloadStore = struct {
     owner: []u32,
     /// Cold slots: clock reference bits (set on use, cleared as the hand passes).
     ref: []u8,
-    /// Every slot: 1 while the current token needs it and has not computed it (not evictable).
+    /// Every slot: 1 while the current token's layer uses it (not evictable).
     pin: []std.atomic.Value(u8),
     /// Two-phase: 1 when the slot holds its up/down part as well as its gate part.
     full: []u8,
@@ -107,12 +107,20 @@ pub const OffloadStore = struct {
             return error.InvalidArgument;
         }
         var hot_slots: usize = 0;
+        var fewest_hot: usize = ffn;
         for (layer_descs) |ld| {
             if (ld.hot > ffn) {
                 _ = sink.fail(.invalid_argument, "{d} hot neurons in a layer of {d}", .{ ld.hot, ffn });
                 return error.InvalidArgument;
             }
             hot_slots += ld.hot;
+            fewest_hot = @min(fewest_hot, ld.hot);
+        }
+        // A token keeps every neuron it uses in a layer cached until that layer's down columns are
+        // summed (offload_ffn.zig), so the cold region must hold a layer's neurons that are not hot.
+        if (d.cold_slots < ffn - fewest_hot) {
+            _ = sink.fail(.invalid_argument, "the cold region has {d} slots; it must hold the {d} neurons of a layer that are not hot", .{ d.cold_slots, ffn - fewest_hot });
+            return error.InvalidArgument;
         }
         const n_slots = hot_slots + d.cold_slots;
         const slot_bytes = @as(usize, d.stride) + d.updown_stride;

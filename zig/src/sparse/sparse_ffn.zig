@@ -4,9 +4,11 @@
 //!    (ReLU: gate > 0; SwiGLU: |silu(gate)| above the layer's CATS threshold); "predictor" runs the
 //!    low-rank predictor (score = fc2 · relu(fc1 · x)) and keeps scores >= the layer's threshold;
 //! 2. group them into clusters of `cluster_size` consecutive neurons in the hot-first order;
-//! 3. per cluster, on the thread pool: gate and up rows of the candidates, the activation, and for
-//!    every neuron whose output is not zero, y += h * (its transposed down row), into the thread's
-//!    own accumulator; the accumulators are summed at the end.
+//! 3. per cluster, on the thread pool: gate and up rows of the candidates and the activation, which
+//!    leaves each cluster's firing neurons and their outputs h at the front of its range;
+//! 4. y = sum of h * (the neuron's transposed down row) over the firing neurons in position order,
+//!    one column range per thread (down_order.zig: the order makes the offloaded path, and any
+//!    thread count, give bitwise the same y).
 //!
 //! Statistics per layer: candidates, active neurons, clusters, bytes read; and, on every
 //! `verify_every`-th token, the true active set (the whole gate computed) for predictor recall.
@@ -19,6 +21,7 @@ const Session = @import("../engine/session.zig").Session;
 const SparseModel = @import("sparse_model.zig").SparseModel;
 const Status = @import("../status.zig").Status;
 const offload_ffn = @import("../offload/offload_ffn.zig");
+const down_order = @import("down_order.zig");
 
 pub const Mode = enum(u32) { dense = 0, oracle = 1, predictor = 2 };
 
@@ -70,8 +73,9 @@ pub const Scratch = struct {
     sel_model: []u32, // (ffn) candidates' indices in the model, in hot-first order
     sel_perm: []u32, // (ffn) the same candidates' positions in the hot-first order
     cluster_start: []u32, // (ffn / cluster_size + 2) offsets into sel_*
+    cluster_active: []u32, // (ffn / cluster_size + 2) firing neurons per cluster, at its range's front
     sel_bits: []u64, // (ceil(ffn / 64)) selected hot-first positions, one bit each
-    y: []f32, // (threads, dim) one accumulator per thread
+    y: []f32, // (dim) the FFN's output
     act: []align(64) u8, // prepared x for the gate rows
     act_up: []align(64) u8, // prepared x for the up rows, when their format differs
     active_count: []u64, // (threads)
@@ -79,11 +83,11 @@ pub const Scratch = struct {
     stats: []LayerStats, // (layers)
 };
 
+/// Step 3 for in-memory neurons: each item is a cluster.
 const Job = struct {
     s: *Session,
     gate: *const WeightView,
     up: *const WeightView,
-    down_t: *const WeightView,
     act_up: [*]const u8,
     gate_known: bool,
     cats: f32,
@@ -93,7 +97,6 @@ const Job = struct {
         const s = self.s;
         const sc = &s.sparse_scratch.?;
         const hp = s.model.hp;
-        const y = sc.y[thread * hp.dim ..][0..hp.dim];
         var active: u64 = 0;
         var up_rows: u64 = 0;
         for (begin..end) |c| {
@@ -129,7 +132,7 @@ const Job = struct {
                 g[n] = h;
                 n += 1;
             }
-            if (n > 0) s.backend.axpyRows(self.down_t, pos[0..n], g.ptr, y.ptr);
+            sc.cluster_active[c] = @intCast(n);
             active += n;
         }
         sc.active_count[thread] += active;
@@ -255,7 +258,8 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         st.true_positive += hit;
     }
 
-    // 3. clusters on the pool (in memory), or the I/O-compute pipeline (offloaded)
+    // 3-4. clusters on the pool, then the down columns (in memory), or the I/O-compute pipeline
+    // (offloaded), into y
     const gate_dtype: DType = @enumFromInt(if (sm.offload) |o| o.gate.dtype else layer.ffn_gate.dtype);
     const up_dtype: DType = @enumFromInt(if (sm.offload) |o| o.up.dtype else layer.ffn_up.dtype);
     const gate_fmt = s.backend.activationFormat(gate_dtype);
@@ -282,17 +286,24 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         down_row_bytes = @as(DType, @enumFromInt(o.down.dtype)).rowBytes(hp.dim).?;
     } else {
         const ls_store = &sm.store.?.layers[l];
-        var job = Job{ .s = s, .gate = &ls_store.gate, .up = &ls_store.up, .down_t = &ls_store.down_t, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
+        var job = Job{ .s = s, .gate = &ls_store.gate, .up = &ls_store.up, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
         s.pool.run(&job, Job.run, n_clusters, 1);
+        // The clusters' firing neurons, one after the other: all of them in position order.
+        var n_active: usize = 0;
+        for (0..n_clusters) |c| {
+            const a = sc.cluster_start[c];
+            const n = sc.cluster_active[c];
+            std.mem.copyForwards(u32, sc.sel_perm[n_active..][0..n], sc.sel_perm[a..][0..n]);
+            std.mem.copyForwards(f32, sc.g[n_active..][0..n], sc.g[a..][0..n]);
+            n_active += n;
+        }
+        const n_chunks = down_order.chunkCount(s.pool.threadCount());
+        var down = down_order.WholeJob{ .backend = &s.backend, .down = &ls_store.down_t, .rows = sc.sel_perm[0..n_active], .coeffs = sc.g.ptr, .y = sc.y.ptr, .dim = hp.dim, .n_chunks = n_chunks };
+        if (n_active > 0) s.pool.run(&down, down_order.WholeJob.run, n_chunks, 1);
         down_row_bytes = ls_store.down_t.row_bytes;
     }
+    @memcpy(out, sc.y);
 
-    // 4. sum the per-thread accumulators
-    const n_threads = s.pool.threadCount();
-    @memcpy(out, sc.y[0..hp.dim]);
-    for (1..n_threads) |t| {
-        for (out, sc.y[t * hp.dim ..][0..hp.dim]) |*o, v| o.* += v;
-    }
     var active: u64 = 0;
     for (sc.active_count) |a| active += a;
     // Up rows are computed for the candidates whose gate fired.
