@@ -23,8 +23,9 @@ Usage: sparrow pack --model MODEL.gguf --sidecar MODEL.sparsity.gguf [options]
   -o, --out PATH          bundle file to write (default: MODEL.bundles beside the model)
       --align N           alignment of every bundle in bytes, a power of two from ${minBundleAlignment} to ${maxBundleAlignment}
                           (default ${defaultBundleAlignment}, the page and O_DIRECT block size)
-      --two-phase         store gate rows apart from up rows and down columns (generate --bundles
-                          refuses these files for now: see the README)
+      --two-phase         store gate rows apart from up rows and down columns: a missing neuron's
+                          up/down part is then read only if its gate fires (fewer bytes, one more
+                          read in sequence: see the README)
       --down TYPE         type of the down columns: auto (default: exact for float models, q8_0 for
                           quantized ones, as the in-memory sparse engine), q8_0, q4_0, f16 or f32
   -t, --threads N         threads transposing the down projection (default: all logical CPUs)
