@@ -128,6 +128,13 @@ const Pipeline = struct {
         const sparse_sc = &p.s.sparse_scratch.?;
         var counts = Counts{};
         while (!p.failed.load(.acquire)) {
+            // 0. between compute items, without waiting: queue what is wanted (an up/down part
+            // whose gate just fired, a miss the queue had no room for) and publish what landed, so
+            // reads are not left waiting on the computing threads
+            if (p.n_missing > 0 and p.lock.tryLock()) {
+                defer p.lock.unlock();
+                p.driveIo(false);
+            }
             // 1. cached clusters
             const c = p.next_res.fetchAdd(1, .acq_rel);
             if (c < p.n_res_clusters) {
@@ -154,10 +161,10 @@ const Pipeline = struct {
                 if (moved) continue;
             }
             if (p.frontier.done()) break;
-            // 4. nothing to compute: drive the I/O
+            // 4. nothing to compute: drive the I/O, waiting for a read if no thread computes
             if (p.lock.tryLock()) {
                 defer p.lock.unlock();
-                p.driveIo();
+                p.driveIo(true);
             } else {
                 std.atomic.spinLoopHint();
             }
@@ -251,8 +258,8 @@ const Pipeline = struct {
     }
 
     /// Lock held: queue reads while the queue depth allows, then collect completions (waiting for one
-    /// only when nothing else can be done).
-    fn driveIo(p: *Pipeline) void {
+    /// only if `may_wait` and nothing else can be done).
+    fn driveIo(p: *Pipeline, may_wait: bool) void {
         const st = p.st;
         const sc = p.sc;
         const ring = st.ring;
@@ -280,7 +287,7 @@ const Pipeline = struct {
         }
         if (n > 0) ring.submit(sc.reads[0..n]) catch |e| return p.fail(.io, "cannot queue {d} bundle reads of layer {d} ({s}): {s}", .{ n, p.l, @errorName(e), ring.sink.message() });
         if (ring.outstanding() == 0) return;
-        const wait = p.idle();
+        const wait = may_wait and p.idle();
         const t0 = if (wait) std.time.nanoTimestamp() else 0;
         const got = ring.reap(sc.comps, if (wait) 1 else 0) catch |e| return p.fail(.io, "waiting for bundle reads of layer {d} ({s}): {s}", .{ p.l, @errorName(e), ring.sink.message() });
         if (wait) p.stall_ns += @intCast(std.time.nanoTimestamp() - t0);
@@ -385,7 +392,7 @@ pub fn offloadFfn(s: *Session, st: *OffloadStore, sc: *Scratch, l: usize, sel_po
     };
     p.n_arrived.store(n_partial, .release);
     // Queue the first reads before any compute, so the disk works while the cache is computed.
-    if (n_missing > 0) p.driveIo();
+    if (n_missing > 0) p.driveIo(false);
     if (!p.failed.load(.acquire)) s.pool.run(&p, Pipeline.run, s.pool.threadCount(), 1);
     counters.read_bytes += @as(u64, p.submitted) * st.stride + @as(u64, p.want_submitted) * st.updown_stride;
     counters.stall_ns += p.stall_ns;
