@@ -34,30 +34,32 @@ const AtomicUsize = std.atomic.Value(usize);
 
 /// Per-store scratch of the pipeline, allocated with the store (one session at a time uses it).
 pub const Scratch = struct {
-    res_slots: []u32, // (ffn) cached candidates' slots, in selection order
-    res_sel: []u32, // (ffn) their indices in the selection
-    res_clusters: []u32, // (ffn + 1) cluster starts in res_slots
-    work_slots: []u32, // (ffn) per cluster: the slots whose gate fires
-    work_sel: []u32, // (ffn) their indices in the selection
-    g: []f32, // (ffn) gate values of resident candidates, then of entries
-    u: []f32,
-    miss_pos: []u32, // (ffn) entries: positions of the missing candidates, then of gate-only cached ones
-    miss_slot: []u32, // (ffn) the slot of each entry
-    miss_sel: []u32, // (ffn) the index in the selection of each entry
-    arrived: []u32, // (2 * ffn) parts ready to compute, in arrival order: entry * 2 + phase
-    want: []u32, // (ffn) entries whose gate fired and whose up/down part is to be read
+    res_slots: []u32 = &.{}, // (ffn) cached candidates' slots, in selection order
+    res_sel: []u32 = &.{}, // (ffn) their indices in the selection
+    res_clusters: []u32 = &.{}, // (ffn + 1) cluster starts in res_slots
+    work_slots: []u32 = &.{}, // (ffn) per cluster: the slots whose gate fires
+    work_sel: []u32 = &.{}, // (ffn) their indices in the selection
+    g: []f32 = &.{}, // (ffn) gate values of resident candidates, then of entries
+    u: []f32 = &.{},
+    miss_pos: []u32 = &.{}, // (ffn) entries: positions of the missing candidates, then of gate-only cached ones
+    miss_slot: []u32 = &.{}, // (ffn) the slot of each entry
+    miss_sel: []u32 = &.{}, // (ffn) the index in the selection of each entry
+    arrived: []u32 = &.{}, // (2 * ffn) parts ready to compute, in arrival order: entry * 2 + phase
+    want: []u32 = &.{}, // (ffn) entries whose gate fired and whose up/down part is to be read
     // Per selected neuron, for the down columns (down_order.Frontier): h, slot, and known yet.
-    sel_h: []f32, // (ffn)
-    sel_row: []u32, // (ffn)
-    ready: []std.atomic.Value(u8), // (ffn)
-    reads: []ring_mod.Read, // (queue depth)
-    comps: []ring_mod.Completion, // (queue depth)
+    sel_h: []f32 = &.{}, // (ffn)
+    sel_row: []u32 = &.{}, // (ffn)
+    ready: []std.atomic.Value(u8) = &.{}, // (ffn)
+    reads: []ring_mod.Read = &.{}, // (queue depth)
+    comps: []ring_mod.Completion = &.{}, // (queue depth)
 
     const u32_fields = .{ "res_slots", "res_sel", "work_slots", "work_sel", "miss_pos", "miss_slot", "miss_sel", "want", "sel_row" };
     const f32_fields = .{ "g", "u", "sel_h" };
 
     pub fn init(a: std.mem.Allocator, ffn: usize, queue_depth: usize) !Scratch {
-        var sc: Scratch = undefined;
+        // Every slice starts empty, so a failed allocation frees what came before it.
+        var sc = Scratch{};
+        errdefer sc.deinit(a);
         inline for (u32_fields) |f| @field(sc, f) = try a.alloc(u32, ffn);
         inline for (f32_fields) |f| @field(sc, f) = try a.alloc(f32, ffn);
         sc.arrived = try a.alloc(u32, 2 * ffn);

@@ -126,7 +126,7 @@ pub const SparseModel = struct {
             });
             errdefer st.destroy();
             const qd: usize = @max(o.desc.queue_depth, 1);
-            const scratch = offload_ffn.Scratch.init(allocator, hp.ffn_dim, qd) catch return fail(status_out, sink.fail(.out_of_memory, "out of memory", .{}));
+            const scratch = offload_ffn.Scratch.init(allocator, hp.ffn_dim, qd) catch return fail(status_out, sink.fail(.out_of_memory, "out of memory allocating the offload pipeline's scratch for {d} neurons per layer", .{hp.ffn_dim}));
             self.* = .{ .allocator = allocator, .model = model, .store = null, .offload = st, .offload_scratch = scratch, .queue_depth = qd, .predictors = predictors, .layers = layers, .max_rank = max_rank };
         } else {
             const store = NeuronStore.build(allocator, model, down_type, perms, threads, sink) catch |e| return fail(status_out, switch (e) {
