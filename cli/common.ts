@@ -198,8 +198,18 @@ function bytesArg(p: Parsed, name: string): number | undefined {
   throw new UsageError(`--${name} ${raw}: expected a size such as 3G, 2500M or a number of bytes`);
 }
 
-/** MemAvailable from /proc/meminfo, bytes (undefined where there is none). */
+/**
+ * The memory available to new work (MemAvailable), bytes, or undefined where it cannot be read:
+ * `Deno.systemMemoryInfo()` (needs `--allow-sys=systemMemoryInfo`, which ./sparrow passes), else
+ * /proc/meminfo (which Deno reads only with `--allow-all`).
+ */
 function memAvailable(): number | undefined {
+  try {
+    const available = Deno.systemMemoryInfo().available;
+    if (available > 0) return available;
+  } catch {
+    // Not permitted, or not this platform: try /proc.
+  }
   try {
     const m = /MemAvailable:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/meminfo"));
     return m ? Number(m[1]) * 1024 : undefined;
@@ -260,7 +270,11 @@ export async function prepareSparseCli(model: Model, sparse: SparseOptions, a: S
   if (sparse.bundles === undefined) return void (await model.prepareSparse(sparse));
   const available = memAvailable();
   const memory = a.memory ?? (available !== undefined ? Math.floor(available * 0.8) : undefined);
-  if (memory === undefined) throw new UsageError("--memory is needed: /proc/meminfo cannot be read here");
+  if (memory === undefined) {
+    throw new UsageError(
+      "--memory is needed: the available memory cannot be read here (run with --allow-sys=systemMemoryInfo)",
+    );
+  }
   let bar: Progress | undefined;
   const report = await model.prepareOffload({
     sidecar: sparse.sidecar!,

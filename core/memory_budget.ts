@@ -25,7 +25,7 @@ import { SparrowError } from "./errors.ts";
 export interface MemoryPlanInput {
   /** The whole process's budget. */
   budget: number;
-  /** Resident now, before any weight is read: the runtime (measured from /proc/self/status). */
+  /** Resident now, before any weight is read: the runtime (measured: {@link residentBytes}). */
   runtimeBytes: number;
   /** Non-FFN weights read every token. */
   fixedWeightBytes: number;
@@ -155,11 +155,15 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
   return { budget: i.budget, fixed, hotPerLayer, coldSlots, cacheBytes, offloadedShare, explanation };
 }
 
-/** Resident bytes of this process now (VmRSS), or undefined where /proc is unavailable. */
+/**
+ * Resident bytes of this process now (VmRSS), or undefined where the runtime cannot say. Read with
+ * `Deno.memoryUsage()`, which needs no permission: Deno refuses /proc/self/status without
+ * `--allow-all`, and the CLI runs without it (the runtime was then left out of the plan).
+ */
 export function residentBytes(): number | undefined {
   try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"));
-    return m ? Number(m[1]) * 1024 : undefined;
+    const rss = Deno.memoryUsage().rss;
+    return rss > 0 ? rss : undefined;
   } catch {
     return undefined;
   }

@@ -22,6 +22,7 @@ export async function runCli(args: string[]): Promise<CliRun> {
       "--allow-env",
       "--allow-ffi",
       "--allow-run",
+      "--allow-sys=systemMemoryInfo",
       join(repoRoot, "cli.ts"),
       ...args,
     ],

@@ -124,11 +124,20 @@ Deno.test("sparrow calibrate --objective subspace, pack and generate --bundles (
     // Offloading changes where the neurons live, not what is computed.
     assert.equal(offload.stdout, inMemory.stdout);
     assert.match(offload.stderr, /budget 1024(\.0)? MiB: fixed/);
+    // The runtime's resident set is measured and planned for (it was 0 when read from /proc, which
+    // Deno refuses without --allow-all).
+    assert.match(offload.stderr, /fixed \d+ MiB \(runtime [1-9]\d* MiB/);
     assert.match(offload.stderr, /reading bundles with (io_uring|pread_pool|mmap)/);
     assert.match(
       offload.stderr.trim().split("\n").at(-1)!,
       /cache hit rate (0\.\d{3}|1\.000) \(hot (0\.\d{3}|1\.000)\) \| read \d+\.\d\d MB\/token \| I\/O stall \d+\.\d ms\/token$/,
     );
+
+    // Without --memory: 80% of the available memory.
+    const byDefault = await runCli([...gen, "--bundles", bundles]);
+    assert.equal(byDefault.code, 0, byDefault.stderr);
+    assert.equal(byDefault.stdout, inMemory.stdout);
+    assert.match(byDefault.stderr, /budget \d+ MiB: fixed/);
 
     const tooSmall = await runCli([...gen, "--bundles", bundles, "--memory", "1M"]);
     assert.equal(tooSmall.code, 1, tooSmall.stderr);
