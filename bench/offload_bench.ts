@@ -56,8 +56,11 @@
  *   at least one token), and the process is killed a minute later if loading or a token has not
  *   finished.
  * - SPARROW_OFFLOAD_TOKENS: tokens to decode at most (default 32); the prompt is 8 tokens.
- * - SPARROW_OFFLOAD_RUNS: the runs to do, comma-separated, of dense, sparse, offload, llama-a,
- *   llama-b (default all of them), e.g. to redo one after a change.
+ * - SPARROW_OFFLOAD_RUNS: the runs to do, comma-separated, of dense, sparse, offload,
+ *   offload-cached, llama-a, llama-b (default all of them), e.g. to redo one after a change.
+ *   offload-cached is the offload engine with a budget that pins every neuron (no limit, nothing
+ *   read while decoding): what the offload run loses against it is what the disk costs, the I/O
+ *   stall (waiting with no thread computing) being only part of it.
  * - SPARROW_BENCH_THREADS: threads of both engines (default: every logical CPU).
  *
  * Needs root (or a delegated memory cgroup) and a writable /proc/sys/vm/drop_caches; the offload and
@@ -102,7 +105,7 @@ const mib = 1 << 20;
 const repackedOnAvx2 = new Set(["Q4_0", "Q4_K", "IQ4_NL", "MXFP4"]);
 
 /** The runs, in the order the tables list them. */
-const runNames = ["dense", "sparse", "offload", "llama-a", "llama-b"] as const;
+const runNames = ["dense", "sparse", "offload", "offload-cached", "llama-a", "llama-b"] as const;
 type RunName = typeof runNames[number];
 
 /** Calibration: tokens recorded and the predictor rank (the settings the sidecar is made with). */
@@ -118,6 +121,8 @@ const runtimeFallbackBytes = 128 * mib;
  * model), and a budget that misses the planner's minimum by that much is refused outright.
  */
 const runtimeMarginBytes = 16 * mib;
+/** The offload-cached run's budget: more than any neuron cache, so every neuron is pinned. */
+const allCachedBudget = 2 ** 40;
 
 function exists(path: string): boolean {
   try {
@@ -380,7 +385,8 @@ if (!cgroup.ok) log(`no memory cgroup: only the sparrow in-memory runs, unmeasur
 
 const needLimit = wanted.has("offload") || wanted.has("llama-b");
 const limitNeedsFiles = needLimit && limitOverride === undefined;
-await prepareFiles(wanted.has("sparse") || limitNeedsFiles, wanted.has("offload") || limitNeedsFiles);
+const offloadRuns = wanted.has("offload") || wanted.has("offload-cached");
+await prepareFiles(wanted.has("sparse") || offloadRuns || limitNeedsFiles, offloadRuns || limitNeedsFiles);
 const limit = !needLimit
   ? undefined
   : limitOverride !== undefined
@@ -408,8 +414,12 @@ function failureLine(stderr: string): string | undefined {
   return line !== undefined && line.length > 300 ? `${line.slice(0, 300)}…` : line;
 }
 
-async function runSparrow(mode: "dense" | "sparse" | "offload", limitBytes?: number): Promise<SparrowOutcome> {
-  const args = sparrowArgs(spec(mode, limitBytes));
+async function runSparrow(
+  mode: "dense" | "sparse" | "offload",
+  limitBytes?: number,
+  budget = limitBytes,
+): Promise<SparrowOutcome> {
+  const args = sparrowArgs(spec(mode, budget));
   const timeoutMs = deadlineMs + deadlineGraceMs;
   let cacheBefore: string | undefined;
   let code: number;
@@ -542,7 +552,7 @@ const loadAtStart = Deno.loadavg();
 // time. deno bench's own table stays empty; the tables below are printed at the end. The runs in
 // memory go first, while the model is still in the page cache from calibration (their load times
 // are not disk reads); the limited runs drop the cache themselves.
-const sparrow = new Map<"dense" | "sparse" | "offload", SparrowOutcome>();
+const sparrow = new Map<"dense" | "sparse" | "offload" | "offload-cached", SparrowOutcome>();
 for (const mode of ["dense", "sparse"] as const) {
   if (!wanted.has(mode)) continue;
   log(`sparrow ${mode} in memory on ${modelPath}`);
@@ -554,6 +564,11 @@ if (wanted.has("offload")) {
   log(`sparrow offload on ${modelPath}, budget and limit ${mb(limit!.bytes)} MiB`);
   sparrow.set("offload", await runSparrow("offload", limit!.bytes));
   log(JSON.stringify(sparrow.get("offload")));
+}
+if (wanted.has("offload-cached")) {
+  log(`sparrow offload on ${modelPath}, every neuron cached (no limit)`);
+  sparrow.set("offload-cached", await runSparrow("offload", undefined, allCachedBudget));
+  log(JSON.stringify(sparrow.get("offload-cached")));
 }
 for (const run of llamaRuns.filter((r) => r.name === "llama-b")) await runLlama(run);
 
@@ -596,6 +611,7 @@ const sparrowLabels = {
   dense: "sparrow dense, in memory",
   sparse: "sparrow sparse (predictor), in memory",
   offload: "sparrow offload (predictor, bundles via I/O ring), limited, cache dropped",
+  "offload-cached": "sparrow offload, every neuron cached, no limit",
 } as const;
 
 table(
@@ -623,7 +639,7 @@ table(
   () => {
     const rows: string[][] = [];
     const weights = (s: ReturnType<typeof modelSummary>) => `${mb(s.ffn + s.other)} (${mb(s.ffn)})`;
-    for (const mode of ["dense", "sparse", "offload"] as const) {
+    for (const mode of ["dense", "sparse", "offload", "offload-cached"] as const) {
       const o = sparrow.get(mode);
       if (!o) continue;
       const r = o.result;
@@ -674,8 +690,8 @@ table(
 
 table(
   "sparrow sparse FFNs, per decoded token (hit rate: candidates found in the neuron cache; stall: time waiting " +
-    "on reads with no thread computing, and its share of the token's time; offloaded: FFN neurons not pinned " +
-    "in memory)",
+    "on reads with no thread computing, and its share of the token's time; disk cost: the share of the token's " +
+    "time that the same engine with every neuron cached does not spend; offloaded: FFN neurons not pinned in memory)",
   [
     "run",
     "sparsity",
@@ -683,19 +699,24 @@ table(
     "read MB/token",
     "I/O stall ms/token",
     "stall share",
+    "disk cost",
     "offloaded FFN",
     "io method",
     "prepare s",
   ],
   () =>
-    (["sparse", "offload"] as const).flatMap((mode) => {
+    (["sparse", "offload", "offload-cached"] as const).flatMap((mode) => {
       const r = sparrow.get(mode)?.result;
       if (!r) return [];
       const pct = (x: number | undefined) => x === undefined || !Number.isFinite(x) ? "-" : `${(x * 100).toFixed(1)}%`;
       const msPerToken = r.tokens > 0 ? r.decodeMs / r.tokens : NaN;
       // In memory nothing is read or waited for: zeros there would read as measurements.
-      const offloaded = mode === "offload";
+      const offloaded = mode !== "sparse";
       const stall = offloaded ? r.ioStallMsPerToken : undefined;
+      const cached = sparrow.get("offload-cached")?.result?.decodeTokensPerSecond;
+      const diskCost = mode === "offload" && cached !== undefined && cached > 0
+        ? 1 - r.decodeTokensPerSecond / cached
+        : undefined;
       return [[
         sparrowLabels[mode],
         pct(r.sparsity),
@@ -705,6 +726,7 @@ table(
           : (r.readBytesPerToken / 1e6).toFixed(3),
         stall === undefined || !Number.isFinite(stall) ? "-" : stall.toFixed(2),
         stall === undefined || !Number.isFinite(stall) ? "-" : pct(stall / msPerToken),
+        pct(diskCost),
         pct(r.offloadedShare),
         r.io?.method ?? "-",
         s2(r.prepareMs),
