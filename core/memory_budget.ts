@@ -131,12 +131,13 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
   const cacheSlots = Math.floor((i.budget - fixedTotal) / i.stride);
   const allSlots = i.nLayers * i.ffnDim;
   let hotPerLayer: number;
+  let byShare = i.ffnDim;
   if (cacheSlots >= allSlots + minCold) {
     hotPerLayer = i.ffnDim; // everything fits: pin it all
   } else {
-    hotPerLayer = Math.min(i.ffnDim, Math.floor((cacheSlots * hotShare) / i.nLayers));
+    byShare = Math.min(i.ffnDim, Math.floor((cacheSlots * hotShare) / i.nLayers));
     // The cold region keeps minCold slots and a layer's neurons that are not hot (ffnDim - hot).
-    hotPerLayer = Math.min(hotPerLayer, Math.floor((cacheSlots - minCold) / i.nLayers));
+    hotPerLayer = Math.min(byShare, Math.floor((cacheSlots - minCold) / i.nLayers));
     if (i.nLayers > 1) hotPerLayer = Math.min(hotPerLayer, Math.floor((cacheSlots - i.ffnDim) / (i.nLayers - 1)));
     hotPerLayer = Math.max(0, hotPerLayer);
   }
@@ -148,7 +149,13 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
   }, predictors ${mib(i.predictorBytes)}, KV ${mib(i.kvBytes)}, scratch ${mib(i.scratchBytes)}, headroom ${
     mib(headroom)
   }); neuron cache ${mib(cacheBytes)}: hot ${hotPerLayer} of ${i.ffnDim} neurons per layer (${
-    hotPerLayer === i.ffnDim ? "all of them" : `${(hotShare * 100).toFixed(0)}% of the cache`
+    hotPerLayer === i.ffnDim
+      ? "all of them"
+      : hotPerLayer < byShare
+      ? `less than ${(hotShare * 100).toFixed(0)}% of the cache: the cold region keeps room for a layer's ${
+        i.ffnDim - hotPerLayer
+      } neurons that are not hot`
+      : `${(hotShare * 100).toFixed(0)}% of the cache`
   }), cold LRU ${coldSlots} bundles of ${(i.stride / 1024).toFixed(1)} KiB; ${
     (offloadedShare * 100).toFixed(1)
   }% of FFN neurons on disk`;
