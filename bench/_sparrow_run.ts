@@ -27,6 +27,8 @@ export interface SparrowRunSpec {
   bundles?: string;
   /** Offload: the budget, bytes. */
   memory?: number;
+  /** Offload: the hot region's share of the neuron cache (the planner's default when absent). */
+  hotShare?: number;
   threads: number;
   promptTokens: number;
   decodeTokens: number;
@@ -87,7 +89,12 @@ async function main(spec: SparrowRunSpec): Promise<SparrowRunResult | SparrowPro
     await model.prepareSparse({ sidecar: spec.sidecar });
     sparse = { mode: "predictor", sidecar: spec.sidecar };
   } else if (spec.mode === "offload") {
-    report = await model.prepareOffload({ sidecar: spec.sidecar!, bundles: spec.bundles!, memory: spec.memory! });
+    report = await model.prepareOffload({
+      sidecar: spec.sidecar!,
+      bundles: spec.bundles!,
+      memory: spec.memory!,
+      hotShare: spec.hotShare,
+    });
     sparse = { mode: "predictor", sidecar: spec.sidecar, bundles: spec.bundles };
   }
   const t2 = performance.now();

@@ -56,6 +56,8 @@
  *   at least one token), and the process is killed a minute later if loading or a token has not
  *   finished.
  * - SPARROW_OFFLOAD_TOKENS: tokens to decode at most (default 32); the prompt is 8 tokens.
+ * - SPARROW_OFFLOAD_HOT_SHARE: the offload run's hot share of the neuron cache (default: the
+ *   planner's, 0.75).
  * - SPARROW_OFFLOAD_RUNS: the runs to do, comma-separated, of dense, sparse, offload,
  *   offload-cached, llama-a, llama-b (default all of them), e.g. to redo one after a change.
  *   offload-cached is the offload engine with a budget that pins every neuron (no limit, nothing
@@ -168,6 +170,11 @@ function modelSummary(path: string) {
 const threads = Number(Deno.env.get("SPARROW_BENCH_THREADS") ?? navigator.hardwareConcurrency);
 const deadlineMs = Number(Deno.env.get("SPARROW_OFFLOAD_DEADLINE_S") ?? 300) * 1000;
 const decodeTokens = Number(Deno.env.get("SPARROW_OFFLOAD_TOKENS") ?? 32);
+const hotShareEnv = Deno.env.get("SPARROW_OFFLOAD_HOT_SHARE");
+const hotShare = hotShareEnv === undefined ? undefined : Number(hotShareEnv);
+if (hotShare !== undefined && !(hotShare >= 0 && hotShare <= 1)) {
+  throw new Error(`SPARROW_OFFLOAD_HOT_SHARE '${hotShareEnv}' is not a share in [0, 1]`);
+}
 const promptTokens = 8;
 const alignment = Number(Deno.env.get("SPARROW_OFFLOAD_ALIGN") ?? 512);
 const wanted = selectedRuns();
@@ -311,6 +318,7 @@ function spec(mode: SparrowRunSpec["mode"], memory?: number): SparrowRunSpec {
     sidecar: mode === "dense" ? undefined : sidecarPath,
     bundles: mode === "offload" ? bundlesPath : undefined,
     memory,
+    hotShare: mode === "offload" ? hotShare : undefined,
     threads,
     promptTokens,
     decodeTokens,
