@@ -2,9 +2,9 @@
  * Kernel throughput: memory read bandwidth, and GB/s of weights streamed by the matrix-vector
  * (decode) kernel of every weight type, at 1 and 2 threads (or SPARROW_BENCH_THREADS), measured in
  * the same run and printed side by side; the matrix-matrix (prefill) kernel per token; and the sparse
- * FFN kernels as the engine runs them (clusters of 32 selected rows per work item, the rows in huge
- * pages): dot products of gathered gate/up rows, and the row axpy of the transposed down
- * projection, over all rows and over a random eighth in ascending order (a 7B ReLU model computes
+ * FFN kernels as the engine runs them (the rows in huge pages): dot products of gathered gate/up
+ * rows in clusters of 32 selected rows per work item, and the row axpy of the transposed down
+ * projection, all selected rows into one output with a column range per thread, over all rows and over a random eighth in ascending order (a 7B ReLU model computes
  * ~10-13% of its neurons, scattered: a regular stride would let the hardware prefetcher guess them).
  * SPARROW_BENCH_TYPES narrows the matrix-vector types only.
  *
@@ -142,22 +142,26 @@ table("Prefill kernel (64 tokens) vs decode kernel, 4096x4096, best us per token
     ...threadCounts.map((t) => (prefillTimes.get(`${name} ${t} ${kinds.matmul}`) ?? NaN).toFixed(0)),
   ]));
 
-table(`Sparse FFN kernels, ${sparseRows}x${cols} matrices, clusters of 32 selected rows; best GB/s of rows read`, [
-  "kernel",
-  "rows",
-  ...threadCounts.map((t) => `${t} thread${t > 1 ? "s" : ""}`),
-  ...threadCounts.map((t) => `% of bandwidth (${t}T)`),
-], () => {
-  const mem = threadCounts.map((t) => best.get(`mem ${t}`) ?? NaN);
-  return sparseCases.flatMap((sc) =>
-    selections.map((every) => {
-      const g = threadCounts.map((t) => best.get(`${sc.label} ${sc.type} ${every} ${t}`) ?? NaN);
-      return [
-        `${sc.label} ${sc.type}`,
-        every === 1 ? "all" : `1 in ${every}`,
-        ...g.map((v) => v.toFixed(1)),
-        ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
-      ];
-    })
-  );
-});
+table(
+  `Sparse FFN kernels, ${sparseRows}x${cols} matrices, gathered rows in clusters of 32, axpy by column ranges; best GB/s of rows read`,
+  [
+    "kernel",
+    "rows",
+    ...threadCounts.map((t) => `${t} thread${t > 1 ? "s" : ""}`),
+    ...threadCounts.map((t) => `% of bandwidth (${t}T)`),
+  ],
+  () => {
+    const mem = threadCounts.map((t) => best.get(`mem ${t}`) ?? NaN);
+    return sparseCases.flatMap((sc) =>
+      selections.map((every) => {
+        const g = threadCounts.map((t) => best.get(`${sc.label} ${sc.type} ${every} ${t}`) ?? NaN);
+        return [
+          `${sc.label} ${sc.type}`,
+          every === 1 ? "all" : `1 in ${every}`,
+          ...g.map((v) => v.toFixed(1)),
+          ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
+        ];
+      })
+    );
+  },
+);

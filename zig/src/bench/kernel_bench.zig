@@ -4,17 +4,18 @@
 //! per run, timed by the caller), then destroyed. Working sets are far larger than the last-level
 //! cache so the figures are DRAM figures. bench/kernels_bench.ts prints them side by side.
 //!
-//! The sparse FFN kernels run as the engine runs them: a selection of rows (each row with probability
-//! 1/`tokens`: 1 = all, 8 = an eighth, as in a 7B ReLU model's ~10% active neurons) in clusters of 32 selected
-//! rows handed to the threads; `gathered` computes dot products of the selected rows (gate and up
-//! rows), `axpy` adds the selected rows, scaled, into one accumulator per thread (the transposed
-//! down projection).
+//! The sparse FFN kernels run as the engine runs them, on a selection of rows (each row with
+//! probability 1/`tokens`: 1 = all, 8 = an eighth, as in a 7B ReLU model's ~10% active neurons):
+//! `gathered` computes dot products of the selected rows (gate and up rows) in clusters of 32 handed
+//! to the threads; `axpy` adds all the selected rows, scaled, into one output, each thread over its
+//! own column range (the transposed down projection, as sparse/down_order.zig sums it).
 const std = @import("std");
 const kernels = @import("kernels");
 const DType = kernels.DType;
 const dot = kernels.dot;
 const ThreadPool = @import("../engine/thread_pool.zig").ThreadPool;
 const huge_pages = @import("../engine/huge_pages.zig");
+const down_order = @import("../sparse/down_order.zig");
 
 const allocator = std.heap.c_allocator;
 
@@ -36,7 +37,7 @@ pub const Bench = struct {
     act: []align(64) u8,
     act_stride: usize,
     y: []f32,
-    /// Sparse kinds: the selected rows, their coefficients (axpy), and one accumulator per thread.
+    /// Sparse kinds: the selected rows, their coefficients and the output (axpy).
     sel: []u32 = &.{},
     coeffs: []f32 = &.{},
     acc: []f32 = &.{},
@@ -96,7 +97,7 @@ pub const Bench = struct {
             coeffs = try allocator.alloc(f32, sel.len);
             errdefer allocator.free(coeffs);
             for (coeffs) |*v| v.* = rng.floatNorm(f32);
-            acc = try allocator.alloc(f32, threads * cols);
+            acc = try allocator.alloc(f32, cols);
             @memset(acc, 0);
         }
         self.* = .{
@@ -143,7 +144,7 @@ pub const Bench = struct {
             .matvec => self.pool.run(self, matvecJob, self.rows, 64),
             .matmul => self.pool.run(self, matmulJob, self.rows, 64),
             .gathered => self.pool.run(self, gatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
-            .axpy => self.pool.run(self, axpyJob, (self.sel.len + cluster - 1) / cluster, 1),
+            .axpy => self.pool.run(self, axpyJob, down_order.chunkCount(self.pool.threadCount()), 1),
         }
         return timer.read();
     }
@@ -177,13 +178,13 @@ pub const Bench = struct {
         }
     }
 
-    fn axpyJob(ctx: *anyopaque, begin: usize, end: usize, thread: usize) void {
+    fn axpyJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
         const self: *Bench = @ptrCast(@alignCast(ctx));
-        const y = self.acc[thread * self.cols ..][0..self.cols];
-        for (begin..end) |c| {
-            const a = c * cluster;
-            const b = @min(a + cluster, self.sel.len);
-            kernels.axpy.axpyRows(self.dtype, self.data.ptr, self.row_bytes, self.sel[a..b], self.coeffs.ptr + a, y.ptr, self.cols);
+        const n_chunks = down_order.chunkCount(self.pool.threadCount());
+        for (begin..end) |q| {
+            const c = down_order.chunkColumns(self.cols, n_chunks, q);
+            const at = self.dtype.rowBytes(c.begin).?;
+            kernels.axpy.axpyRows(self.dtype, self.data.ptr + at, self.row_bytes, self.sel, self.coeffs.ptr, self.acc.ptr + c.begin, c.end - c.begin);
         }
     }
 

@@ -97,7 +97,7 @@ pub const Model = struct {
         errdefer allocator.destroy(self);
         const layers = allocator.alloc(Layer, hp.n_layers) catch return outOfMemory(sink);
         errdefer allocator.free(layers);
-        const matrices = allocator.alloc(WeightView, 2 + 7 * hp.n_layers) catch return outOfMemory(sink);
+        const matrices = allocator.alloc(WeightView, 2 + layer_matrices.len * hp.n_layers) catch return outOfMemory(sink);
         errdefer allocator.free(matrices);
 
         var v = Validator{ .file = file.bytes, .path = path, .sink = sink };
@@ -121,11 +121,7 @@ pub const Model = struct {
                 .ffn_up = try v.matrix(&ld.ffn_up, hp.ffn_dim, hp.dim),
                 .ffn_down = try v.matrix(&ld.ffn_down, hp.dim, hp.ffn_dim),
             };
-            inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" }, 0..) |f, j|
-                matrices[2 + 7 * i + j] = @field(layer.*, f);
         }
-        matrices[0] = token_embd;
-        matrices[1] = output;
         self.* = .{
             .allocator = allocator,
             .file = file,
@@ -136,7 +132,20 @@ pub const Model = struct {
             .layers = layers,
             .matrices = matrices,
         };
+        self.listMatrices();
         return self;
+    }
+
+    const layer_matrices = .{ "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+
+    /// Fills `matrices` (what backend checks and activation sizes walk) from the views: token
+    /// embeddings, output, then each layer's matrices in `layer_matrices` order.
+    fn listMatrices(self: *Model) void {
+        self.matrices[0] = self.token_embd;
+        self.matrices[1] = self.output;
+        for (self.layers, 0..) |layer, i| {
+            inline for (layer_matrices, 0..) |f, j| self.matrices[2 + layer_matrices.len * i + j] = @field(layer, f);
+        }
     }
 
     /// Copies every weight outside the FFNs (token embeddings, output, attention matrices, norms)
@@ -163,16 +172,12 @@ pub const Model = struct {
         c.view(&self.token_embd);
         if (tied) self.output.data = self.token_embd.data else c.view(&self.output);
         c.norm(&self.output_norm);
-        for (self.layers, 0..) |*layer, i| {
+        for (self.layers) |*layer| {
             c.norm(&layer.attn_norm);
             c.norm(&layer.ffn_norm);
-            inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }, 0..) |f, j| {
-                c.view(&@field(layer.*, f));
-                self.matrices[2 + 7 * i + j] = @field(layer.*, f);
-            }
+            inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |f| c.view(&@field(layer.*, f));
         }
-        self.matrices[0] = self.token_embd;
-        self.matrices[1] = self.output;
+        self.listMatrices();
         std.debug.assert(c.at == total);
         // The FFN weights are not read from the mapping either once offloaded: drop every page.
         advise(self.file.bytes, self.file.bytes, .DONTNEED);
