@@ -65,7 +65,7 @@ pub const stats_fields = @typeInfo(LayerStats).@"struct".fields.len;
 
 /// Per-session scratch of the sparse path, allocated when sparse FFNs are attached.
 pub const Scratch = struct {
-    scores: []f32, // (ffn) predictor scores, or the whole gate in oracle mode
+    scores: []f32, // (ffn) predictor scores in hot-first order, or the whole gate in model order (oracle mode)
     truth: []f32, // (ffn) the whole gate, on verified tokens
     hidden: []f32, // (max_rank)
     g: []f32, // (ffn) gate of the candidates, in selection order
@@ -207,38 +207,49 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
 
     // 2. selection in hot-first order, grouped into clusters of `cluster_size` selected neurons
     // (not of that many positions: 90% of the positions of a cold range are not selected, and a
-    // cluster of two rows pays a pass over y per row instead of per group of rows). The scores are scanned
-    // in model order (sequential, 8 at a time) into a bitmap of positions, which is then read in
-    // order: walking the positions and looking each score up took 1.2-1.5 ms per 7B token.
+    // cluster of two rows pays a pass over y per row instead of per group of rows).
     const k_size: usize = cfg.cluster_size;
-    const bits = sc.sel_bits;
-    @memset(bits, 0);
     const inv = sm.position(l);
+    var n_sel: usize = 0;
     if (use_predictor) {
+        // The predictor's scores come out in hot-first order (sparse_model.zig permutes fc2's rows),
+        // so one scan, 8 scores at a time, lists the selection in order.
         const V = @Vector(8, f32);
         const thr: V = @splat(ls.score_threshold);
-        var i: usize = 0;
-        while (i + 8 <= ffn) : (i += 8) {
-            const v: V = sc.scores[i..][0..8].*;
+        var k: usize = 0;
+        while (k + 8 <= ffn) : (k += 8) {
+            const v: V = sc.scores[k..][0..8].*;
             var mask: u8 = @bitCast(v >= thr);
-            while (mask != 0) : (mask &= mask - 1) mark(bits, inv[i + @ctz(mask)]);
+            while (mask != 0) : (mask &= mask - 1) {
+                const kk = k + @ctz(mask);
+                sc.sel_perm[n_sel] = @intCast(kk);
+                sc.sel_model[n_sel] = perm[kk];
+                n_sel += 1;
+            }
         }
-        while (i < ffn) : (i += 1) {
-            if (sc.scores[i] >= ls.score_threshold) mark(bits, inv[i]);
+        while (k < ffn) : (k += 1) {
+            if (sc.scores[k] < ls.score_threshold) continue;
+            sc.sel_perm[n_sel] = @intCast(k);
+            sc.sel_model[n_sel] = perm[k];
+            n_sel += 1;
         }
     } else {
+        // The gate is in model order: scanned sequentially into a bitmap of positions, which is
+        // then read in order (walking the positions and looking each value up took 1.2-1.5 ms per
+        // 7B token).
+        const bits = sc.sel_bits;
+        @memset(bits, 0);
         for (0..ffn) |i| {
             if (gateFires(hp.activation, sc.scores[i], ls.cats_threshold)) mark(bits, inv[i]);
         }
-    }
-    var n_sel: usize = 0;
-    for (bits, 0..) |word, wi| {
-        var w = word;
-        while (w != 0) : (w &= w - 1) {
-            const kk = wi * 64 + @ctz(w);
-            sc.sel_perm[n_sel] = @intCast(kk);
-            sc.sel_model[n_sel] = perm[kk];
-            n_sel += 1;
+        for (bits, 0..) |word, wi| {
+            var w = word;
+            while (w != 0) : (w &= w - 1) {
+                const kk = wi * 64 + @ctz(w);
+                sc.sel_perm[n_sel] = @intCast(kk);
+                sc.sel_model[n_sel] = perm[kk];
+                n_sel += 1;
+            }
         }
     }
     const n_clusters = (n_sel + k_size - 1) / k_size;
@@ -251,7 +262,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         for (0..ffn) |i| {
             if (!gateFires(hp.activation, sc.truth[i], ls.cats_threshold)) continue;
             true_active += 1;
-            if (!use_predictor or sc.scores[i] >= ls.score_threshold) hit += 1;
+            if (!use_predictor or sc.scores[inv[i]] >= ls.score_threshold) hit += 1;
         }
         st.verified_tokens += 1;
         st.true_active += true_active;

@@ -20,9 +20,9 @@ const Status = @import("../status.zig").Status;
 pub const Predictor = struct {
     /// (rank, dim)
     fc1: WeightView,
-    /// (ffn, rank)
+    /// (ffn, rank), rows in the layer's hot-first order (see `orderScores`)
     fc2: WeightView,
-    /// (ffn,) added to the scores, if present
+    /// (ffn,) added to the scores, if present; hot-first order too
     bias: ?[]const f32,
     /// No relu between fc1 and fc2.
     linear: bool,
@@ -135,6 +135,11 @@ pub const SparseModel = struct {
             });
             self.* = .{ .allocator = allocator, .model = model, .store = store, .predictors = predictors, .layers = layers, .max_rank = max_rank };
         }
+        errdefer if (self.store) |st| st.destroy() else {
+            self.offload.?.destroy();
+            self.offload_scratch.?.deinit(allocator);
+        };
+        self.orderScores() catch return fail(status_out, sink.fail(.out_of_memory, "out of memory ordering the predictors' rows", .{}));
         _ = model.sessions.fetchAdd(1, .acq_rel); // the model must outlive this
         return self;
     }
@@ -153,6 +158,33 @@ pub const SparseModel = struct {
 
     pub fn downType(self: *const SparseModel) DType {
         return if (self.store) |st| st.down_type else @enumFromInt(self.offload.?.down.dtype);
+    }
+
+    /// Puts the rows of every predictor's fc2 (and its bias) in the layer's hot-first order, so the
+    /// scores come out in the order the sparse FFN selects in: one ordered scan of them is the
+    /// selection, where scores in model order went through a bitmap of positions (about 25 us per 7B
+    /// layer on one thread while the others wait).
+    fn orderScores(self: *SparseModel) error{OutOfMemory}!void {
+        var largest: usize = 0;
+        for (self.layers) |layer| {
+            if (layer.predictor) |p| largest = @max(largest, p.fc2.row_bytes * p.fc2.n_rows);
+        }
+        if (largest == 0) return;
+        const tmp = try self.allocator.alloc(u8, largest);
+        defer self.allocator.free(tmp);
+        for (self.layers, 0..) |*layer, l| {
+            const p = if (layer.predictor) |*pred| pred else continue;
+            const perm = self.order(l);
+            const rb = p.fc2.row_bytes;
+            const rows: [*]u8 = @constCast(p.fc2.data);
+            for (perm, 0..) |i, k| @memcpy(tmp[k * rb ..][0..rb], rows[i * rb ..][0..rb]);
+            @memcpy(rows[0 .. rb * perm.len], tmp[0 .. rb * perm.len]);
+            if (p.bias) |b| {
+                const ordered: []f32 = @as([*]f32, @ptrCast(@alignCast(tmp.ptr)))[0..b.len];
+                for (perm, ordered) |i, *v| v.* = b[i];
+                @memcpy(@constCast(b), ordered);
+            }
+        }
     }
 
     /// Hot-first position -> the model's neuron index, for layer `l`.
