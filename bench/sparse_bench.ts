@@ -3,6 +3,8 @@
  * of the same file as the outside peer: tok/s per mode, cluster size and down-projection storage,
  * the weight bytes read per token, and the tok/s bound those bytes imply at the memory bandwidth
  * measured in this run (all weights read per token: attention, classifier, sparse FFN, predictor).
+ * Speeds and "vs dense" come from interleaved rounds (one token per mode in turn, the order rotating),
+ * so that the machine's slow spells fall on every mode alike; Deno's table times each mode in a block.
  *
  *   deno bench -A bench/sparse_bench.ts                       (synthetic 7B ReLU Q4_0, oracle mode)
  *   SPARROW_SPARSE_MODEL=m.gguf SPARROW_SPARSE_SIDECAR=m.sparsity.gguf deno bench -A bench/sparse_bench.ts
@@ -64,7 +66,9 @@ interface Config {
   downType: DownType;
 }
 interface Row extends Config {
+  /** Milliseconds per token: in Deno's timed block, and in the interleaved rounds. */
   ms: number[];
+  paired: number[];
   session: Session;
 }
 const rows: Row[] = [];
@@ -80,21 +84,38 @@ for (const cfg of configs) {
       : { mode: cfg.mode, sidecar, sparsity, clusterSize: cfg.cluster, downType: cfg.downType, verifyEvery: 0 },
   });
   await session.evaluate(prompt);
-  const row: Row = { ...cfg, ms: [], session };
-  rows.push(row);
+  rows.push({ ...cfg, ms: [], paired: [], session });
+}
+
+// Interleaved rounds first: one token per mode in turn, the order rotating every round, so that a
+// slow spell of a shared machine falls on every mode alike (run one after the other, dense and
+// sparse drifted apart by up to 10% between runs). The "vs dense" column is the median of these
+// per-round ratios; Deno's own table below times each mode in a block of its own.
+const rounds = big ? 16 : 40;
+log(`${rounds} interleaved rounds over ${rows.length} modes`);
+for (let round = 0; round < rounds; round++) {
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[(round + i) % rows.length];
+    const t0 = performance.now();
+    await row.session.evaluate([...prompt, next]);
+    row.paired.push(performance.now() - t0);
+  }
+}
+
+for (const row of rows) {
   Deno.bench({
-    name: cfg.mode === "dense"
+    name: row.mode === "dense"
       ? `dense, ${threads} thread(s)`
-      : `${cfg.mode}, cluster ${cfg.cluster}, down ${cfg.downType}, ${threads} thread(s)`,
+      : `${row.mode}, cluster ${row.cluster}, down ${row.downType}, ${threads} thread(s)`,
     group: "decode",
-    baseline: cfg.mode === "dense",
+    baseline: row.mode === "dense",
     n: big ? 8 : 40,
     warmup: 2,
     async fn(b) {
       // The prompt is cached: each run evaluates one token at position promptN.
       b.start();
       const t0 = performance.now();
-      await session.evaluate([...prompt, next]);
+      await row.session.evaluate([...prompt, next]);
       row.ms.push(performance.now() - t0);
       b.end();
     },
@@ -117,9 +138,10 @@ table(
     "mode",
     "cluster",
     "down",
-    "tok/s (median)",
+    "tok/s (interleaved)",
     "vs dense",
     "vs llama.cpp",
+    "tok/s (own block)",
     "sparsity",
     "FFN MB/token",
     "all MB/token",
@@ -127,10 +149,11 @@ table(
   ],
   () => {
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-    const dense = 1000 / median(rows[0].ms);
     const peer = llama.ok ? llama.decodeTokensPerSecond : NaN;
     const out = rows.map((r) => {
-      const tps = 1000 / median(r.ms);
+      const tps = 1000 / median(r.paired);
+      // Per round: dense's time over this mode's, in the same round.
+      const vsDense = median(r.paired.map((ms, i) => rows[0].paired[i] / ms));
       const stats = r.mode === "dense" ? undefined : r.session.sparseStats();
       const ffnBytes = stats ? stats.bytesPerToken : denseFfn;
       const all = nonFfn + ffnBytes;
@@ -139,8 +162,9 @@ table(
         r.mode === "dense" ? "-" : String(r.cluster),
         r.mode === "dense" ? "-" : r.downType,
         tps.toFixed(2),
-        `${(tps / dense).toFixed(2)}x`,
+        `${vsDense.toFixed(2)}x`,
         llama.ok ? `${(tps / peer).toFixed(2)}x` : "-",
+        r.ms.length > 0 ? (1000 / median(r.ms)).toFixed(2) : "-",
         stats ? stats.sparsity.toFixed(3) : "0",
         (ffnBytes / 1e6).toFixed(1),
         (all / 1e6).toFixed(1),
@@ -152,8 +176,9 @@ table(
       "-",
       "-",
       llama.ok ? peer.toFixed(2) : `- (${llama.ok ? "" : llama.why})`,
-      llama.ok ? `${(peer / dense).toFixed(2)}x` : "-",
+      llama.ok ? `${(peer / (1000 / median(rows[0].paired))).toFixed(2)}x` : "-",
       llama.ok ? "1.00x" : "-",
+      "-",
       "0",
       (denseFfn / 1e6).toFixed(1),
       ((nonFfn + denseFfn) / 1e6).toFixed(1),
