@@ -25,8 +25,9 @@ Usage: sparrow calibrate --model PATH [options]
       --recall R          recall the predictor thresholds keep on held-out tokens (default 0.95)
       --objective KIND    regress (learn the gate value; default), classify (fires or not) or
                           subspace (no training: the gate's principal subspace, a linear predictor)
-      --predictor-type T  storage of the predictor matrices: F16 (default), F32 or Q8_0 (half of F16's
-                          bytes per token; the rank must be a multiple of 32)
+      --predictor-type T  storage of the predictor matrices: F16 (default), F32, Q8_0 (half of F16's
+                          bytes per token) or Q4_0 (half of Q8_0's); Q8_0 and Q4_0 need a rank
+                          that is a multiple of 32
       --seed N            seed of the sampled text and of training (default 1)
   -o, --out PATH          sidecar to write (default: MODEL.sparsity.gguf beside the model)
 
@@ -103,7 +104,7 @@ export async function calibrateCommand(args: string[]): Promise<void> {
     epochs: int(p, "epochs", 1, 1000),
     recall: num(p, "recall", 0.01, 1),
     objective: choice(p, "objective", ["regress", "classify", "subspace"] as const),
-    predictorType: choice(p, "predictor-type", ["F16", "F32", "Q8_0"] as const),
+    predictorType: choice(p, "predictor-type", ["F16", "F32", "Q8_0", "Q4_0"] as const),
     seed: int(p, "seed", 0, 2 ** 32 - 1),
   };
   const text = textPath === undefined ? undefined : await Deno.readTextFile(textPath);

@@ -76,9 +76,10 @@ export interface CalibrateOptions {
   /** Recall the score thresholds aim for. Default 0.95. */
   recall?: number;
   /**
-   * Storage type of the predictor matrices in the sidecar: "F16" (default), "F32", or "Q8_0" (about
-   * half the bytes of F16 read per token; needs a rank that is a multiple of 32). Thresholds and
-   * recall are computed from the stored values, so they hold for what the engine reads.
+   * Storage type of the predictor matrices in the sidecar: "F16" (default), "F32", "Q8_0" (about
+   * half the bytes of F16 read per token) or "Q4_0" (about half of Q8_0's); the quantized types need
+   * a rank that is a multiple of 32. Thresholds and recall are computed from the stored values, so
+   * they hold for what the engine reads.
    */
   predictorType?: PredictorType;
   /** Seed of sampling and training. Default 1. */
@@ -145,10 +146,16 @@ export async function calibrate(model: Model, out: string, options: CalibrateOpt
   }
   const linear = options.objective === "subspace";
   if (!(predictorType in predictorTypeIds)) {
-    throw new SparrowError("invalid_argument", `predictor type '${predictorType}' is not one of F32, F16, Q8_0`);
+    throw new SparrowError(
+      "invalid_argument",
+      `predictor type '${predictorType}' is not one of ${Object.keys(predictorTypeIds).join(", ")}`,
+    );
   }
-  if (predictorType === "Q8_0" && rank % 32 !== 0) {
-    throw new SparrowError("invalid_argument", `a Q8_0 predictor needs a rank that is a multiple of 32; got ${rank}`);
+  if ((predictorType === "Q8_0" || predictorType === "Q4_0") && rank % 32 !== 0) {
+    throw new SparrowError(
+      "invalid_argument",
+      `a ${predictorType} predictor needs a rank that is a multiple of 32; got ${rank}`,
+    );
   }
   const valFraction = options.valFraction ?? 0.2;
   const recallGoal = options.recall ?? 0.95;

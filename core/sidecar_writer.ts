@@ -39,17 +39,18 @@ export interface SidecarContents {
   layers: LayerCalibration[];
   /** The predictors have no relu between fc1 and fc2 (subspace fit). Default false. */
   linearPredictor?: boolean;
-  /** Storage type of the predictor matrices: "F16" (default), "F32" or "Q8_0" (rank a multiple of 32). */
+  /** Storage type of the predictor matrices: "F16" (default), "F32", "Q8_0" or "Q4_0" (rank a multiple of 32). */
   predictorType?: PredictorType;
 }
 
 /** Storage types of predictor matrices. */
-export type PredictorType = "F32" | "F16" | "Q8_0";
+export type PredictorType = "F32" | "F16" | "Q8_0" | "Q4_0";
 /** Their ggml type ids. */
 export const predictorTypeIds: Record<PredictorType, number> = {
   F32: QuantType.F32,
   F16: QuantType.F16,
   Q8_0: QuantType.Q8_0,
+  Q4_0: QuantType.Q4_0,
 };
 
 /**

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { loadModel, type Model } from "../core/model.ts";
 import { calibrate } from "../core/calibrate.ts";
 import { readSidecar } from "../core/sidecar.ts";
+import { readGguf } from "../core/gguf.ts";
 import { type SidecarContents, writeSidecar } from "../core/sidecar_writer.ts";
 import { gv, type TypedValue, writeGguf } from "../core/gguf_writer.ts";
 import { SparrowError } from "../core/errors.ts";
@@ -136,6 +137,47 @@ for (const activation of ["relu", "swiglu"] as const) {
     }
   });
 }
+
+for (const predictorType of ["Q8_0", "Q4_0"] as const) {
+  Deno.test(`a ${predictorType} predictor is stored as ${predictorType} and keeps its recall`, async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      using model = await synthModel(dir, "m", "relu");
+      const out = join(dir, "m.sparsity.gguf");
+      await calibrate(model, out, { tokens: 512, objective: "subspace", rank: 32, predictorType });
+      const g = readGguf(out);
+      for (const name of ["blk.0.fc1.weight", "blk.0.fc2.weight"]) {
+        assert.equal(g.tensors.get(name)?.type, QuantType[predictorType], name);
+      }
+      await model.prepareSparse({ sidecar: out });
+      using session = model.createSession({
+        sparse: { mode: "predictor", sidecar: out, verifyEvery: 1, batches: true },
+      });
+      await session.evaluate(tokens);
+      // Thresholds are chosen on the stored (quantized) values, so the recall aimed for holds.
+      const stats = session.sparseStats();
+      assert.ok(stats.recall > 0.85, `recall ${stats.recall}`);
+      assert.ok(stats.candidatesPerActive >= 1, `candidates/active ${stats.candidatesPerActive}`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+Deno.test("a quantized predictor needs a rank that is a multiple of 32", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    using model = await synthModel(dir, "m", "relu");
+    await assert.rejects(
+      () =>
+        calibrate(model, join(dir, "x.gguf"), { tokens: 64, objective: "subspace", rank: 24, predictorType: "Q4_0" }),
+      (e: unknown) =>
+        e instanceof SparrowError && /Q4_0 predictor needs a rank that is a multiple of 32; got 24/.test(e.message),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
 
 Deno.test("a sidecar is refused for another model, another shape, or a target it lacks", async () => {
   const dir = await Deno.makeTempDir();
