@@ -67,6 +67,19 @@ for (const name of types) {
   }
 }
 
+// A rank-128 predictor's fc2 (sparse FFNs): rows of 128 columns, Q8_0, as many as fill
+// `weightBytes` (a 7B model's 32 layers hold 62 MB, which the last-level cache would partly keep).
+const predictorRows = Math.round(weightBytes / 136);
+for (const t of threadCounts) {
+  const h = create(kinds.matvec, ggmlTypeByName("q8_0")!.id, predictorRows, 1, t, 128);
+  const bytes = Number(c.sp_bench_bytes(h));
+  Deno.bench({
+    name: `matvec q8_0 ${predictorRows}x128 (predictor fc2, ${(bytes / 1e6).toFixed(0)} MB), ${t} thread(s)`,
+    group: `memory ${t}T`,
+    fn: () => record(`predictor ${t}`, bytes, Number(c.sp_bench_run(h))),
+  });
+}
+
 const prefillTimes = new Map<string, number>();
 for (const name of types.filter((n) => n.startsWith("q"))) {
   const info = ggmlTypeByName(name)!;
@@ -128,6 +141,12 @@ table(`Memory bandwidth and decode kernels (${machine()}); best GB/s of the run`
       ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
     ]);
   }
+  const p = threadCounts.map((t) => best.get(`predictor ${t}`) ?? NaN);
+  rows.push([
+    "matvec q8_0, 128 columns (predictor fc2)",
+    ...p.map((v) => v.toFixed(1)),
+    ...p.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
+  ]);
   return rows;
 });
 

@@ -141,7 +141,12 @@ pub const Bench = struct {
         var timer = std.time.Timer.start() catch return 0;
         switch (self.kind) {
             .mem_read => self.pool.run(self, memReadJob, self.data.len / 64, 1 << 14),
-            .matvec => self.pool.run(self, matvecJob, self.rows, 64),
+            .matvec => {
+                // Chunks as the engine cuts them (forward.zig's matmulFused): a fixed 64 rows made
+                // the short rows of a predictor wait on the shared chunk counter.
+                const per_thread = self.rows / (self.pool.threadCount() * 8);
+                self.pool.run(self, matvecJob, self.rows, @max(16, per_thread / 16 * 16));
+            },
             .matmul => self.pool.run(self, matmulJob, self.rows, 64),
             .gathered => self.pool.run(self, gatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
             .axpy => self.pool.run(self, axpyJob, down_order.chunkCount(self.pool.threadCount()), 1),
