@@ -146,6 +146,22 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
     }
 }
 
+/// The 32-element block types whose blocks carry a min (x = q d + m) beside the scale.
+pub fn hasMin(t: DType) bool {
+    return t == .q4_1 or t == .q5_1;
+}
+
+/// What multiplies sum_b (d_w or m_w)_b s_b in a block dot product (s_b: the sum of the activation
+/// block): the unsigned 4/5-bit values' offset (-8, -16) taken out of q.x, or the min's 1.
+pub fn offsetScale(t: DType) f32 {
+    return switch (t) {
+        .q4_0 => -8,
+        .q5_0 => -16,
+        .q4_1, .q5_1 => 1,
+        else => 0,
+    };
+}
+
 fn isBlock32(t: DType) bool {
     return switch (t) {
         .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => true,
@@ -160,13 +176,8 @@ fn isBlock32(t: DType) bool {
 /// 22.2 for 4096-column ones. Here each row keeps one accumulator and the eight are summed together.
 fn shortRows(comptime w_type: DType, data: [*]const u8, row_bytes: usize, x: Q8Act, nb: usize, y: [*]f32, begin: usize, end: usize) usize {
     const bb = comptime w_type.blockBytes().?;
-    const has_min = comptime (w_type == .q4_1 or w_type == .q5_1);
-    const offset_scale: f32 = comptime switch (w_type) {
-        .q4_0 => -8,
-        .q5_0 => -16,
-        .q4_1, .q5_1 => 1,
-        else => 0,
-    };
+    const has_min = comptime hasMin(w_type);
+    const offset_scale: f32 = comptime offsetScale(w_type);
     const end_bytes = end * row_bytes;
     var r = begin;
     while (r + 8 <= end) : (r += 8) {
@@ -344,13 +355,8 @@ const prefetch_batches = 32;
 /// q4_1, q5_1: sum_b d_w d_x q.x + sum_b m_w s_b
 fn dot32(comptime w_type: DType, comptime ahead: Ahead, row: [*]const u8, x: Q8Act, nb: usize, next: [*]const u8) f32 {
     const bb = comptime w_type.blockBytes().?;
-    const has_min = comptime (w_type == .q4_1 or w_type == .q5_1);
-    const offset_scale: f32 = comptime switch (w_type) {
-        .q4_0 => -8,
-        .q5_0 => -16,
-        .q4_1, .q5_1 => 1,
-        else => 0,
-    };
+    const has_min = comptime hasMin(w_type);
+    const offset_scale: f32 = comptime offsetScale(w_type);
     var acc = [4]F32x8{ @splat(0), @splat(0), @splat(0), @splat(0) };
     var off: F32x8 = @splat(0);
     // A running pointer with compile-time offsets inside the batch: indexing the odd-sized weight

@@ -132,13 +132,8 @@ fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R
         }
     }
     // Offset/min terms: sum_b (d_w or m_w)_b * s_b per (row, token), a small second pass.
-    const has_min = comptime (w_type == .q4_1 or w_type == .q5_1);
-    const offset_scale: f32 = comptime switch (w_type) {
-        .q4_0 => -8,
-        .q5_0 => -16,
-        .q4_1, .q5_1 => 1,
-        else => 0,
-    };
+    const has_min = comptime dot.hasMin(w_type);
+    const offset_scale: f32 = comptime dot.offsetScale(w_type);
     var off: [R][T]F32x8 = @splat(@splat(@splat(0)));
     var off_tail: [R][T]f32 = @splat(@splat(0));
     if (offset_scale != 0) {
