@@ -66,8 +66,9 @@ interface Config {
   downType: DownType;
 }
 interface Row extends Config {
-  /** Milliseconds per token: in Deno's timed block, and in the interleaved rounds. */
+  /** Milliseconds per token in Deno's timed block. */
   ms: number[];
+  /** Milliseconds per token in the interleaved rounds, one per round. */
   paired: number[];
   session: Session;
 }

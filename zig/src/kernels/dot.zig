@@ -117,6 +117,15 @@ pub fn dotGathered(w: DType, row: [*]const u8, act: [*]const u8, n: usize) f32 {
 const short_row_bytes = 1024;
 const short_row_ahead = 4096;
 
+/// Prefetches the lines of data[at + short_row_ahead ..][0..len] below `end_bytes`: the bytes being
+/// read now, `short_row_ahead` later. Each line is asked for once when consecutive calls cover
+/// consecutive ranges.
+inline fn prefetchAhead(data: [*]const u8, at: usize, len: usize, end_bytes: usize) void {
+    const lo = at + short_row_ahead;
+    var line = std.mem.alignForward(usize, lo, 64);
+    while (line < lo + len and line < end_bytes) : (line += 64) @prefetch(data + line, .{});
+}
+
 /// y[r] = dot(row r, act) for r in [begin, end), rows `row_bytes` apart from `data`: the type is
 /// dispatched once for all the rows, so the row kernel is inlined into the loop. That matters for
 /// short rows: a rank-128 predictor's 14336 rows of 4 blocks spent most of their time in the
@@ -135,9 +144,7 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
                     if (n / qk < 8) first = shortRows(t, data, row_bytes, Q8Act.of(act, n), n / qk, y, begin, end);
                 }
                 for (first..end) |r| {
-                    const lo = r * row_bytes + short_row_ahead;
-                    var line = std.mem.alignForward(usize, lo, 64);
-                    while (line < lo + row_bytes and line < end_bytes) : (line += 64) @prefetch(data + line, .{});
+                    prefetchAhead(data, r * row_bytes, row_bytes, end_bytes);
                     y[r] = @call(.always_inline, dotWith, .{ true, t, data + r * row_bytes, act, n });
                 }
             }
@@ -181,10 +188,7 @@ fn shortRows(comptime w_type: DType, data: [*]const u8, row_bytes: usize, x: Q8A
     const end_bytes = end * row_bytes;
     var r = begin;
     while (r + 8 <= end) : (r += 8) {
-        // The next lines a few KiB ahead (see matvecRows), each asked for once.
-        const lo = r * row_bytes + short_row_ahead;
-        var line = std.mem.alignForward(usize, lo, 64);
-        while (line < lo + 8 * row_bytes and line < end_bytes) : (line += 64) @prefetch(data + line, .{});
+        prefetchAhead(data, r * row_bytes, 8 * row_bytes, end_bytes);
         var acc: [8]F32x8 = .{@as(F32x8, @splat(0))} ** 8;
         var off: [8]f32 = .{0} ** 8;
         for (0..nb) |b| {

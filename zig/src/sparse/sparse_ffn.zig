@@ -140,6 +140,13 @@ const Job = struct {
     }
 };
 
+/// Appends hot-first position `k` to the selection.
+inline fn select(sc: *Scratch, perm: []const u32, n_sel: *usize, k: usize) void {
+    sc.sel_perm[n_sel.*] = @intCast(k);
+    sc.sel_model[n_sel.*] = perm[k];
+    n_sel.* += 1;
+}
+
 inline fn mark(bits: []u64, k: u32) void {
     bits[k >> 6] |= @as(u64, 1) << @intCast(k & 63);
 }
@@ -220,18 +227,10 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         while (k + 8 <= ffn) : (k += 8) {
             const v: V = sc.scores[k..][0..8].*;
             var mask: u8 = @bitCast(v >= thr);
-            while (mask != 0) : (mask &= mask - 1) {
-                const kk = k + @ctz(mask);
-                sc.sel_perm[n_sel] = @intCast(kk);
-                sc.sel_model[n_sel] = perm[kk];
-                n_sel += 1;
-            }
+            while (mask != 0) : (mask &= mask - 1) select(sc, perm, &n_sel, k + @ctz(mask));
         }
         while (k < ffn) : (k += 1) {
-            if (sc.scores[k] < ls.score_threshold) continue;
-            sc.sel_perm[n_sel] = @intCast(k);
-            sc.sel_model[n_sel] = perm[k];
-            n_sel += 1;
+            if (sc.scores[k] >= ls.score_threshold) select(sc, perm, &n_sel, k);
         }
     } else {
         // The gate is in model order: scanned sequentially into a bitmap of positions, which is
@@ -244,12 +243,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         }
         for (bits, 0..) |word, wi| {
             var w = word;
-            while (w != 0) : (w &= w - 1) {
-                const kk = wi * 64 + @ctz(w);
-                sc.sel_perm[n_sel] = @intCast(kk);
-                sc.sel_model[n_sel] = perm[kk];
-                n_sel += 1;
-            }
+            while (w != 0) : (w &= w - 1) select(sc, perm, &n_sel, wi * 64 + @ctz(w));
         }
     }
     const n_clusters = (n_sel + k_size - 1) / k_size;

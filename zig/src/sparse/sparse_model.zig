@@ -162,8 +162,8 @@ pub const SparseModel = struct {
 
     /// Puts the rows of every predictor's fc2 (and its bias) in the layer's hot-first order, so the
     /// scores come out in the order the sparse FFN selects in: one ordered scan of them is the
-    /// selection, where scores in model order went through a bitmap of positions (about 25 us per 7B
-    /// layer on one thread while the others wait).
+    /// selection, where scores in model order went through a bitmap of positions. (Simpler; on the
+    /// 7B-shape synthetic model no faster that could be measured.)
     fn orderScores(self: *SparseModel) error{OutOfMemory}!void {
         var largest: usize = 0;
         for (self.layers) |layer| {
