@@ -31,6 +31,12 @@ export interface OffloadOptions {
   sparsity?: number;
   /** Memory budget of the whole process, bytes. */
   memory: number;
+  /**
+   * Bytes the plan counts for the runtime (Deno, the model's header, the caller's own data);
+   * default the process's resident set when the plan is made. Give a figure when the process
+   * will hold more than it holds now, or to make the plan independent of that measurement.
+   */
+  runtimeBytes?: number;
   /** Reads in flight at once; default 32. */
   queueDepth?: number;
   /** How bundles are read; default "auto" (io_uring, else a pread thread pool). */
@@ -125,6 +131,9 @@ export async function buildOffload(
   if (o.queueDepth !== undefined && (!Number.isInteger(o.queueDepth) || o.queueDepth < 1 || o.queueDepth > 4096)) {
     throw new SparrowError("invalid_argument", `queue depth ${o.queueDepth} is outside [1, 4096]`);
   }
+  if (o.runtimeBytes !== undefined && !(Number.isSafeInteger(o.runtimeBytes) && o.runtimeBytes >= 0)) {
+    throw new SparrowError("invalid_argument", `runtime size ${o.runtimeBytes} is not a whole number of bytes >= 0`);
+  }
   const method = o.ioMethod ?? "auto";
   if (!(method in ioMethodIds)) {
     throw new SparrowError(
@@ -139,7 +148,7 @@ export async function buildOffload(
   const fixed = fixedRegion(m, sidecar.predictors, o);
   const plan = planMemory({
     budget: o.memory,
-    runtimeBytes: residentBytes() ?? 0,
+    runtimeBytes: o.runtimeBytes ?? residentBytes() ?? 0,
     ...fixed,
     stride: bundles.layout.storedBytes,
     nLayers: hp.nLayers,
