@@ -4,8 +4,11 @@
  * the same run and printed side by side; the matrix-matrix (prefill) kernel per token; and the sparse
  * FFN kernels as the engine runs them (the rows in huge pages): dot products of gathered gate/up
  * rows in clusters of 32 selected rows per work item, and the row axpy of the transposed down
- * projection, all selected rows into one output with a column range per thread, over all rows and over a random eighth in ascending order (a 7B ReLU model computes
- * ~10-13% of its neurons, scattered: a regular stride would let the hardware prefetcher guess them).
+ * projection, all selected rows into one output with a column range per thread, over all rows and
+ * over a random eighth in ascending order (a 7B ReLU model computes ~10-13% of its neurons,
+ * scattered: a regular stride would let the hardware prefetcher guess them). Beside them, the same
+ * eighth of rows of the same size only read: scattered rows read slower than a stream, and that
+ * read, not the streamed bandwidth, is what the sparse kernels can reach.
  * SPARROW_BENCH_TYPES narrows the matrix-vector types only.
  *
  *   deno bench -A bench/kernels_bench.ts
@@ -28,7 +31,7 @@ const cols = 4096;
 const weightBytes = 256e6;
 
 type Handle = Deno.PointerObject;
-const kinds = { memRead: 0, matvec: 1, matmul: 2, gathered: 3, axpy: 4 } as const;
+const kinds = { memRead: 0, matvec: 1, matmul: 2, gathered: 3, axpy: 4, memGathered: 5 } as const;
 
 function create(kind: number, dtype: number, rows: number, tokens: number, threads: number, width = cols): Handle {
   const h = c.sp_bench_create(kind, dtype, BigInt(rows), BigInt(width), tokens, threads);
@@ -109,6 +112,24 @@ const sparseCases = [
   ...["q8_0", "q4_0"].map((type) => ({ kind: kinds.axpy, label: "row axpy", type })),
 ];
 const selections = [1, 8];
+const rowBytesOf = (type: string) => {
+  const info = ggmlTypeByName(type)!;
+  return (cols / info.blockElems) * info.blockBytes;
+};
+// The ceiling of the sparse kernels' reads: the same selection of rows of the same size, read
+// with the same prefetching and nothing computed (scattered rows read slower than a stream).
+const scatteredSizes = [...new Set(sparseCases.map((sc) => rowBytesOf(sc.type)))];
+for (const size of scatteredSizes) {
+  for (const t of threadCounts) {
+    const h = create(kinds.memGathered, 0, sparseRows, 8, t, size);
+    const bytes = Number(c.sp_bench_bytes(h));
+    Deno.bench({
+      name: `memory read, 1 in 8 rows of ${size} B (${(bytes / 1e6).toFixed(0)} MB), ${t} thread(s)`,
+      group: `memory ${t}T`,
+      fn: () => record(`scattered ${size} ${t}`, bytes, Number(c.sp_bench_run(h))),
+    });
+  }
+}
 for (const sc of sparseCases) {
   const info = ggmlTypeByName(sc.type)!;
   for (const every of selections) {
@@ -168,19 +189,36 @@ table(
     "rows",
     ...threadCounts.map((t) => `${t} thread${t > 1 ? "s" : ""}`),
     ...threadCounts.map((t) => `% of bandwidth (${t}T)`),
+    ...threadCounts.map((t) => `% of the same rows' read (${t}T)`),
   ],
   () => {
     const mem = threadCounts.map((t) => best.get(`mem ${t}`) ?? NaN);
-    return sparseCases.flatMap((sc) =>
-      selections.map((every) => {
-        const g = threadCounts.map((t) => best.get(`${sc.label} ${sc.type} ${every} ${t}`) ?? NaN);
-        return [
-          `${sc.label} ${sc.type}`,
-          every === 1 ? "all" : `1 in ${every}`,
-          ...g.map((v) => v.toFixed(1)),
-          ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
-        ];
-      })
-    );
+    const pct = (v: number, of: number) => `${((v / of) * 100).toFixed(0)}%`;
+    const reads = scatteredSizes.map((size) => {
+      const g = threadCounts.map((t) => best.get(`scattered ${size} ${t}`) ?? NaN);
+      return [
+        `memory read, rows of ${size} B`,
+        "1 in 8",
+        ...g.map((v) => v.toFixed(1)),
+        ...g.map((v, i) => pct(v, mem[i])),
+        ...g.map(() => "100%"),
+      ];
+    });
+    return [
+      ...reads,
+      ...sparseCases.flatMap((sc) =>
+        selections.map((every) => {
+          const g = threadCounts.map((t) => best.get(`${sc.label} ${sc.type} ${every} ${t}`) ?? NaN);
+          const read = threadCounts.map((t) => best.get(`scattered ${rowBytesOf(sc.type)} ${t}`) ?? NaN);
+          return [
+            `${sc.label} ${sc.type}`,
+            every === 1 ? "all" : `1 in ${every}`,
+            ...g.map((v) => v.toFixed(1)),
+            ...g.map((v, i) => pct(v, mem[i])),
+            ...g.map((v, i) => every === 1 ? "-" : pct(v, read[i])),
+          ];
+        })
+      ),
+    ];
   },
 );

@@ -326,8 +326,8 @@ export fn sp_calib_thresholds(session: *Session, layer: u32, fc1: [*]const f32, 
 }
 
 /// Benchmark: creates a kernel benchmark (kind 0 memory read of rows*cols bytes, 1 matrix-vector, 2
-/// matrix-matrix with `tokens` inputs, 3 gathered rows' dot products and 4 row axpy over every
-/// `tokens`-th row) over a (rows, cols) matrix of `dtype` on `threads` threads; null if the
+/// matrix-matrix with `tokens` inputs, 3 gathered rows' dot products, 4 row axpy, 5 memory read of
+/// rows of `cols` bytes, the last three over each row with probability 1/`tokens`) over a (rows, cols) matrix of `dtype` on `threads` threads; null if the
 /// arguments are bad or memory runs out.
 export fn sp_bench_create(kind: u32, dtype: u32, rows: u64, cols: u64, tokens: u32, threads: u32) ?*kernel_bench.Bench {
     const k = std.meta.intToEnum(kernel_bench.Kind, kind) catch return null;

@@ -1,4 +1,5 @@
-//! Native micro-benchmarks behind `sp_bench_*` in api.zig: memory read bandwidth, and the matrix
+//! Native micro-benchmarks behind `sp_bench_*` in api.zig: memory read bandwidth (streamed, and of
+//! scattered rows: the ceiling of the sparse kernels' reads), and the matrix
 //! kernels per weight type, on the core's own thread pool so they measure what decode and prefill
 //! do. A benchmark is created once (buffers allocated and filled), run many times (one operation
 //! per run, timed by the caller), then destroyed. Working sets are far larger than the last-level
@@ -19,7 +20,22 @@ const down_order = @import("../sparse/down_order.zig");
 
 const allocator = std.heap.c_allocator;
 
-pub const Kind = enum(u32) { mem_read = 0, matvec = 1, matmul = 2, gathered = 3, axpy = 4 };
+pub const Kind = enum(u32) {
+    mem_read = 0,
+    matvec = 1,
+    matmul = 2,
+    gathered = 3,
+    axpy = 4,
+    /// Memory read of the selected rows only (`cols` bytes each), in clusters like `gathered`.
+    mem_gathered = 5,
+
+    fn selects(k: Kind) bool {
+        return k == .gathered or k == .axpy or k == .mem_gathered;
+    }
+    fn readsBytes(k: Kind) bool {
+        return k == .mem_read or k == .mem_gathered;
+    }
+};
 
 /// Selected rows per work item of the sparse kinds (the engine's default cluster size).
 const cluster = 32;
@@ -50,20 +66,20 @@ pub const Bench = struct {
         if (kind == .axpy and (!kernels.axpy.supported(dtype) or cols % 32 != 0)) return error.Unsupported;
         const self = try allocator.create(Bench);
         errdefer allocator.destroy(self);
-        const row_bytes = if (kind == .mem_read) cols else (if (dtype.isWeightType()) dtype.rowBytes(cols) orelse return error.Unsupported else return error.Unsupported);
+        const row_bytes = if (kind.readsBytes()) cols else (if (dtype.isWeightType()) dtype.rowBytes(cols) orelse return error.Unsupported else return error.Unsupported);
         const data = try allocator.alignedAlloc(u8, 64, row_bytes * rows);
         errdefer allocator.free(data);
         var prng = std.Random.DefaultPrng.init(42);
         const rng = prng.random();
         const n_tokens = if (kind == .matmul) @max(tokens, 1) else 1;
-        const stride = if (kind == .mem_read) 64 else std.mem.alignForward(usize, dot.activationBytes(dtype, cols), 64);
+        const stride = if (kind.readsBytes()) 64 else std.mem.alignForward(usize, dot.activationBytes(dtype, cols), 64);
         const act = try allocator.alignedAlloc(u8, 64, stride * n_tokens);
         errdefer allocator.free(act);
-        const y = try allocator.alloc(f32, if (kind == .mem_read) 1 else rows * n_tokens);
+        const y = try allocator.alloc(f32, if (kind.readsBytes()) 1 else rows * n_tokens);
         errdefer allocator.free(y);
         // The sparse stores the engine gathers from sit in huge pages (sparse/neuron_store.zig).
-        if (kind == .gathered or kind == .axpy) huge_pages.advise(data);
-        if (kind == .mem_read) {
+        if (kind.selects()) huge_pages.advise(data);
+        if (kind.readsBytes()) {
             rng.bytes(data);
         } else {
             for (0..rows) |r| dot.fillRandomRow(rng, dtype, cols, data[r * row_bytes ..][0..row_bytes]);
@@ -79,7 +95,7 @@ pub const Bench = struct {
         var sel: []u32 = &.{};
         var coeffs: []f32 = &.{};
         var acc: []f32 = &.{};
-        if (kind == .gathered or kind == .axpy) {
+        if (kind.selects()) {
             // Each row with probability 1/every, in ascending order, as the engine's selection of
             // scattered neurons in hot-first order: a regular stride would let the hardware
             // prefetcher predict the next row, which it cannot do in decode.
@@ -132,7 +148,7 @@ pub const Bench = struct {
 
     /// Bytes of memory (or weights) one run reads.
     pub fn bytes(self: *const Bench) usize {
-        return if (self.kind == .gathered or self.kind == .axpy) self.sel.len * self.row_bytes else self.data.len;
+        return if (self.kind.selects()) self.sel.len * self.row_bytes else self.data.len;
     }
 
     /// One operation; returns its time in ns. Inputs are prepared at creation: decode prepares its
@@ -149,6 +165,7 @@ pub const Bench = struct {
             },
             .matmul => self.pool.run(self, matmulJob, self.rows, 64),
             .gathered => self.pool.run(self, gatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
+            .mem_gathered => self.pool.run(self, memGatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
             .axpy => self.pool.run(self, axpyJob, down_order.chunkCount(self.pool.threadCount()), 1),
         }
         return timer.read();
@@ -167,6 +184,26 @@ pub const Bench = struct {
         }
         if (i < end) a +%= lines[i];
         _ = self.sink.fetchAdd(@reduce(.Add, a +% b), .monotonic);
+    }
+
+    /// Reads the selected rows as gatheredRows does (the rows `lookahead` ahead prefetched), with one
+    /// add per 64 bytes: what scattered rows of this size can be read at, whatever computes on them.
+    fn memGatheredJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        const V = @Vector(8, u64);
+        const lookahead = 2;
+        var a: V = @splat(0);
+        const lines_per_row = self.row_bytes / 64;
+        for (begin..end) |c| {
+            const rows = self.sel[c * cluster .. @min((c + 1) * cluster, self.sel.len)];
+            for (rows[0..@min(lookahead, rows.len)]) |r| dot.prefetchRow(self.data.ptr + r * self.row_bytes, self.row_bytes);
+            for (rows, 0..) |r, k| {
+                if (k + lookahead < rows.len) dot.prefetchRow(self.data.ptr + rows[k + lookahead] * self.row_bytes, self.row_bytes);
+                const lines: [*]align(1) const V = @ptrCast(self.data.ptr + r * self.row_bytes);
+                for (0..lines_per_row) |i| a +%= lines[i];
+            }
+        }
+        _ = self.sink.fetchAdd(@reduce(.Add, a), .monotonic);
     }
 
     fn matvecJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
