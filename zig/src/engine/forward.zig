@@ -58,15 +58,19 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
             .{ .w = &layer.attn_v, .y = s.v, .y_stride = kv_dim },
         });
         const layer_kv = l * s.n_ctx * kv_dim;
+        const hd = hp.head_dim;
         for (0..T) |t| {
             const pos = pos0 + t;
-            ops.rope(s.q[t * q_dim ..][0..q_dim], hp.head_dim, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
-            ops.rope(s.k[t * kv_dim ..][0..kv_dim], hp.head_dim, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
-            @memcpy(s.key_cache[layer_kv + pos * kv_dim ..][0..kv_dim], s.k[t * kv_dim ..][0..kv_dim]);
-            @memcpy(s.value_cache[layer_kv + pos * kv_dim ..][0..kv_dim], s.v[t * kv_dim ..][0..kv_dim]);
+            ops.rope(s.q[t * q_dim ..][0..q_dim], hd, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
+            ops.rope(s.k[t * kv_dim ..][0..kv_dim], hd, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
+            for (0..hp.n_kv_heads) |kh| {
+                const at = layer_kv + (kh * s.n_ctx + pos) * hd;
+                @memcpy(s.key_cache[at..][0..hd], s.k[t * kv_dim + kh * hd ..][0..hd]);
+                @memcpy(s.value_cache[at..][0..hd], s.v[t * kv_dim + kh * hd ..][0..hd]);
+            }
         }
         var att = AttentionJob{ .s = s, .layer_kv = layer_kv, .pos0 = pos0 };
-        s.pool.run(&att, AttentionJob.run, T * hp.n_heads, 1);
+        s.pool.run(&att, AttentionJob.run, T * hp.n_kv_heads, 1);
         // x += Wo · attention
         matmulFused(s, T, s.att_out, q_dim, &.{.{ .w = &layer.attn_output, .y = s.xb, .y_stride = dim }});
         for (s.x[0 .. T * dim], s.xb[0 .. T * dim]) |*x, d| x.* += d;
@@ -175,8 +179,15 @@ const MatmulJob = struct {
     }
 };
 
-/// Causal attention for one (token, head) pair per item: scores against cached keys 0..pos, softmax,
-/// weighted sum of cached values. Grouped-query: query head h reads kv head h / (n_heads / n_kv_heads).
+/// Causal attention for one (token, kv head) pair per item: the query heads that share the kv head
+/// (grouped-query: query head h reads kv head h / (n_heads / n_kv_heads)) score against the cached
+/// keys 0..pos, softmax, and sum the cached values weighted by their scores.
+///
+/// The cache keeps each kv head's positions one after the other, and an item reads each cached key
+/// and value once for all its query heads. With the cache laid out position by position (a head's
+/// vector every kv_dim floats: 4 KiB apart for 8 heads of 128) every position cost the prefetcher a
+/// new page, and each query head read its group's keys and values again: on the 7B-shape synthetic
+/// model, attention took 12.6% of sparse decode time over positions 32-282.
 const AttentionJob = struct {
     s: *Session,
     layer_kv: usize,
@@ -187,25 +198,30 @@ const AttentionJob = struct {
         const s = self.s;
         const hp = s.model.hp;
         const hd = hp.head_dim;
-        const kv_dim = hp.kvDim();
         const q_dim = hp.qDim();
         const group = hp.n_heads / hp.n_kv_heads;
         const inv_sqrt: f32 = @floatCast(1.0 / @sqrt(@as(f64, @floatFromInt(hd))));
-        const scores_all = s.scores[thread * s.n_ctx ..][0..s.n_ctx];
+        const scores_all = s.scores[thread * group * s.n_ctx ..][0 .. group * s.n_ctx];
         for (begin..end) |item| {
-            const t = item / hp.n_heads;
-            const h = item % hp.n_heads;
-            const pos = self.pos0 + t;
-            const q = s.q[t * q_dim + h * hd ..][0..hd];
-            const kv_off = self.layer_kv + (h / group) * hd;
-            const scores = scores_all[0 .. pos + 1];
-            for (scores, 0..) |*sc, p| {
-                sc.* = ops.dotF32(q, s.key_cache[kv_off + p * kv_dim ..][0..hd]) * inv_sqrt;
+            const t = item / hp.n_kv_heads;
+            const kh = item % hp.n_kv_heads;
+            const n_pos = self.pos0 + t + 1;
+            const kv = self.layer_kv + kh * s.n_ctx * hd;
+            const keys = s.key_cache[kv..][0 .. n_pos * hd];
+            const values = s.value_cache[kv..][0 .. n_pos * hd];
+            // Query head kh * group + g of token t, and its scores and output.
+            const q0 = t * q_dim + kh * group * hd;
+            for (0..n_pos) |p| {
+                const k = keys[p * hd ..][0..hd];
+                for (0..group) |g| scores_all[g * s.n_ctx + p] = ops.dotF32(s.q[q0 + g * hd ..][0..hd], k) * inv_sqrt;
             }
-            ops.softmax(scores);
-            const out = s.att_out[t * q_dim + h * hd ..][0..hd];
+            for (0..group) |g| ops.softmax(scores_all[g * s.n_ctx ..][0..n_pos]);
+            const out = s.att_out[q0..][0 .. group * hd];
             @memset(out, 0);
-            for (scores, 0..) |a, p| ops.axpy(out, a, s.value_cache[kv_off + p * kv_dim ..][0..hd]);
+            for (0..n_pos) |p| {
+                const v = values[p * hd ..][0..hd];
+                for (0..group) |g| ops.axpy(out[g * hd ..][0..hd], scores_all[g * s.n_ctx + p], v);
+            }
         }
     }
 };

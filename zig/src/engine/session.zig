@@ -50,7 +50,8 @@ pub const Session = struct {
     capture: ?*Capture = null,
     sink: ErrorSink = .{},
 
-    // KV cache: (layer, n_ctx, kv_dim)
+    // KV cache: (layer, kv head, n_ctx, head_dim), so one head's positions lie one after the other
+    // (see forward.zig's AttentionJob).
     key_cache: []f32,
     value_cache: []f32,
 
@@ -66,7 +67,8 @@ pub const Session = struct {
     /// Prepared (quantized) inputs, one region per fused segment: (segment, batch, act_stride)
     act: []align(64) u8,
     act_stride: usize,
-    /// Attention scores, one row of n_ctx per thread: (thread, n_ctx)
+    /// Attention scores, one row of n_ctx per query head of a kv group, per thread:
+    /// (thread, n_heads / n_kv_heads, n_ctx)
     scores: []f32,
     /// RoPE cos/sin table for one position: (head_dim,)
     rope_scratch: []f32,
@@ -124,7 +126,7 @@ pub const Session = struct {
             .hb2 = arena.floats(b * hp.ffn_dim) orelse return fail(status_out, oom(sink, 0)),
             .act = arena.bytes(max_segments * b * act_stride) orelse return fail(status_out, oom(sink, 0)),
             .act_stride = act_stride,
-            .scores = arena.floats(@as(usize, opts.n_threads) * opts.n_ctx) orelse return fail(status_out, oom(sink, 0)),
+            .scores = arena.floats(@as(usize, opts.n_threads) * opts.n_ctx * (hp.n_heads / hp.n_kv_heads)) orelse return fail(status_out, oom(sink, 0)),
             .rope_scratch = arena.floats(hp.head_dim) orelse return fail(status_out, oom(sink, 0)),
             .tokens = arena.words(b) orelse return fail(status_out, oom(sink, 0)),
             .logits = arena.floats(hp.vocab_size * (if (all_logits) b else 1)) orelse return fail(status_out, oom(sink, 0)),
