@@ -8,7 +8,8 @@
  * over a random eighth in ascending order (a 7B ReLU model computes ~10-13% of its neurons,
  * scattered: a regular stride would let the hardware prefetcher guess them). Beside them, the same
  * eighth of rows of the same size only read: scattered rows read slower than a stream, and that
- * read, not the streamed bandwidth, is what the sparse kernels can reach.
+ * read, not the streamed bandwidth, is what the sparse kernels can reach. And one layer's decode
+ * attention over 8192 cached positions, GB/s of keys and values read.
  * SPARROW_BENCH_TYPES narrows the matrix-vector types only.
  *
  *   deno bench -A bench/kernels_bench.ts
@@ -31,7 +32,7 @@ const cols = 4096;
 const weightBytes = 256e6;
 
 type Handle = Deno.PointerObject;
-const kinds = { memRead: 0, matvec: 1, matmul: 2, gathered: 3, axpy: 4, memGathered: 5 } as const;
+const kinds = { memRead: 0, matvec: 1, matmul: 2, gathered: 3, axpy: 4, memGathered: 5, attention: 6 } as const;
 
 function create(kind: number, dtype: number, rows: number, tokens: number, threads: number, width: number): Handle {
   const h = c.sp_bench_create(kind, dtype, BigInt(rows), BigInt(width), tokens, threads);
@@ -109,6 +110,26 @@ for (const t of threadCounts) {
     group: `memory ${t}T`,
     fn: () => record(`predictor ${t}`, run()),
   });
+}
+
+// One layer's decode attention over a long context (kernels/attention.zig): 8 kv heads of 8192
+// cached positions, f32 keys and values (67 MB at head size 128), each read once per token.
+const attentionPositions = 8192;
+const attentionCases = [
+  { headDim: 128, group: 4, label: "head 128, 4 query heads per kv head (Mistral-7B)" },
+  { headDim: 64, group: 3, label: "head 64, 3 query heads per kv head (SmolLM2)" },
+];
+for (const ac of attentionCases) {
+  for (const t of threadCounts) {
+    const run = lazyBench(kinds.attention, 0, attentionPositions, ac.group, t, ac.headDim);
+    Deno.bench({
+      name: `attention ${ac.label}, 8 kv heads x ${attentionPositions} positions (${
+        ((2 * 8 * attentionPositions * ac.headDim * 4) / 1e6).toFixed(0)
+      } MB), ${t} thread(s)`,
+      group: `memory ${t}T`,
+      fn: () => record(`attention ${ac.headDim} ${t}`, run()),
+    });
+  }
 }
 
 const prefillTimes = new Map<string, number>();
@@ -194,6 +215,14 @@ table(`Memory bandwidth and decode kernels (${machine()}); best GB/s of the run`
     ...p.map((v) => v.toFixed(1)),
     ...p.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
   ]);
+  for (const ac of attentionCases) {
+    const a = threadCounts.map((t) => best.get(`attention ${ac.headDim} ${t}`) ?? NaN);
+    rows.push([
+      `attention, ${ac.label}, ${attentionPositions} positions`,
+      ...a.map((v) => v.toFixed(1)),
+      ...a.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
+    ]);
+  }
   return rows;
 });
 

@@ -10,6 +10,9 @@
 //! `gathered` computes dot products of the selected rows (gate and up rows) in clusters of 32 handed
 //! to the threads; `axpy` adds all the selected rows, scaled, into one output, each thread over its
 //! own column range (the transposed down projection, as sparse/down_order.zig sums it).
+//!
+//! `attention` is one layer's decode attention over a long cached context (kernels/attention.zig):
+//! every kv head's keys and values read once.
 const std = @import("std");
 const kernels = @import("kernels");
 const DType = kernels.DType;
@@ -28,6 +31,9 @@ pub const Kind = enum(u32) {
     axpy = 4,
     /// Memory read of the selected rows only (`cols` bytes each), in clusters like `gathered`.
     mem_gathered = 5,
+    /// Decode attention of one layer: `attention_kv_heads` kv heads, each with `rows` cached positions
+    /// of `cols` (head_dim) f32 keys and values and `tokens` query heads (the group).
+    attention = 6,
 
     fn selects(k: Kind) bool {
         return k == .gathered or k == .axpy or k == .mem_gathered;
@@ -39,6 +45,9 @@ pub const Kind = enum(u32) {
 
 /// Selected rows per work item of the sparse kinds (the engine's default cluster size).
 const cluster = 32;
+
+/// KV heads of the attention kind (Llama-2-7B's 32 query heads over 8, Mistral-7B's).
+const attention_kv_heads = 8;
 
 pub const Bench = struct {
     kind: Kind,
@@ -64,6 +73,7 @@ pub const Bench = struct {
     pub fn create(kind: Kind, dtype: DType, rows: usize, cols: usize, tokens: usize, threads: usize) !*Bench {
         if (threads == 0 or threads > 256 or rows == 0 or cols == 0) return error.InvalidArgument;
         if (kind == .axpy and (!kernels.axpy.supported(dtype) or cols % 32 != 0)) return error.Unsupported;
+        if (kind == .attention) return createAttention(rows, cols, tokens, threads);
         const self = try allocator.create(Bench);
         errdefer allocator.destroy(self);
         const row_bytes = if (kind.readsBytes()) cols else (if (dtype.isWeightType()) dtype.rowBytes(cols) orelse return error.Unsupported else return error.Unsupported);
@@ -135,6 +145,30 @@ pub const Bench = struct {
         return self;
     }
 
+    /// The attention kind: `data` holds each kv head's keys then values (f32, rows x cols each), `act`
+    /// the query heads (f32), `y` their outputs, `acc` each thread's scores.
+    fn createAttention(rows: usize, cols: usize, group: usize, threads: usize) !*Bench {
+        if (group == 0) return error.InvalidArgument;
+        const self = try allocator.create(Bench);
+        errdefer allocator.destroy(self);
+        const row_bytes = cols * 4;
+        const data = try allocator.alignedAlloc(u8, 64, 2 * attention_kv_heads * rows * row_bytes);
+        errdefer allocator.free(data);
+        const act = try allocator.alignedAlloc(u8, 64, attention_kv_heads * group * row_bytes);
+        errdefer allocator.free(act);
+        const y = try allocator.alloc(f32, attention_kv_heads * group * cols);
+        errdefer allocator.free(y);
+        const scores = try allocator.alloc(f32, threads * group * rows);
+        errdefer allocator.free(scores);
+        var prng = std.Random.DefaultPrng.init(42);
+        const rng = prng.random();
+        for (std.mem.bytesAsSlice(f32, data)) |*v| v.* = rng.floatNorm(f32);
+        for (std.mem.bytesAsSlice(f32, act)) |*v| v.* = rng.floatNorm(f32);
+        const pool = try ThreadPool.init(allocator, threads);
+        self.* = .{ .kind = .attention, .dtype = .f32, .pool = pool, .data = data, .rows = rows, .cols = cols, .row_bytes = row_bytes, .tokens = group, .act = act, .act_stride = 0, .y = y, .acc = scores };
+        return self;
+    }
+
     pub fn destroy(self: *Bench) void {
         self.pool.deinit();
         allocator.free(self.data);
@@ -167,6 +201,7 @@ pub const Bench = struct {
             .gathered => self.pool.run(self, gatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
             .mem_gathered => self.pool.run(self, memGatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
             .axpy => self.pool.run(self, axpyJob, down_order.chunkCount(self.pool.threadCount()), 1),
+            .attention => self.pool.run(self, attentionJob, attention_kv_heads, 1),
         }
         return timer.read();
     }
@@ -204,6 +239,20 @@ pub const Bench = struct {
             }
         }
         _ = self.sink.fetchAdd(@reduce(.Add, a), .monotonic);
+    }
+
+    fn attentionJob(ctx: *anyopaque, begin: usize, end: usize, thread: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        const all: []const f32 = std.mem.bytesAsSlice(f32, self.data);
+        const q: []const f32 = std.mem.bytesAsSlice(f32, self.act);
+        const n = self.rows * self.cols;
+        const group = self.tokens;
+        const scores = self.acc[thread * group * self.rows ..][0 .. group * self.rows];
+        const scale = 1.0 / @sqrt(@as(f32, @floatFromInt(self.cols)));
+        for (begin..end) |h| {
+            const qh = q[h * group * self.cols ..][0 .. group * self.cols];
+            kernels.attention.attendGroup(qh, all[2 * h * n ..][0..n], all[(2 * h + 1) * n ..][0..n], self.rows, self.cols, group, scale, scores, self.rows, self.y[h * group * self.cols ..][0 .. group * self.cols]);
+        }
     }
 
     fn matvecJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {

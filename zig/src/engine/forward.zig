@@ -180,8 +180,8 @@ const MatmulJob = struct {
 };
 
 /// Causal attention for one (token, kv head) pair per item: the query heads that share the kv head
-/// (grouped-query: query head h reads kv head h / (n_heads / n_kv_heads)) score against the cached
-/// keys 0..pos, softmax, and sum the cached values weighted by their scores.
+/// (grouped-query: query head h reads kv head h / (n_heads / n_kv_heads)) against the cached
+/// positions 0..pos, in kernels/attention.zig.
 ///
 /// The cache keeps each kv head's positions one after the other, and an item reads each cached key
 /// and value once for all its query heads. With the cache laid out position by position (a head's
@@ -209,19 +209,9 @@ const AttentionJob = struct {
             const kv = self.layer_kv + kh * s.n_ctx * hd;
             const keys = s.key_cache[kv..][0 .. n_pos * hd];
             const values = s.value_cache[kv..][0 .. n_pos * hd];
-            // Query head kh * group + g of token t, and its scores and output.
+            // Query heads kh * group .. of token t, and their output.
             const q0 = t * q_dim + kh * group * hd;
-            for (0..n_pos) |p| {
-                const k = keys[p * hd ..][0..hd];
-                for (0..group) |g| scores_all[g * s.n_ctx + p] = ops.dotF32(s.q[q0 + g * hd ..][0..hd], k) * inv_sqrt;
-            }
-            for (0..group) |g| ops.softmax(scores_all[g * s.n_ctx ..][0..n_pos]);
-            const out = s.att_out[q0..][0 .. group * hd];
-            @memset(out, 0);
-            for (0..n_pos) |p| {
-                const v = values[p * hd ..][0..hd];
-                for (0..group) |g| ops.axpy(out[g * hd ..][0..hd], scores_all[g * s.n_ctx + p], v);
-            }
+            kernels.attention.attendGroup(s.q[q0..][0 .. group * hd], keys, values, n_pos, hd, group, inv_sqrt, scores_all, s.n_ctx, s.att_out[q0..][0 .. group * hd]);
         }
     }
 };

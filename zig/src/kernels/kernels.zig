@@ -8,6 +8,7 @@ pub const matmul = @import("matmul.zig");
 pub const axpy = @import("axpy.zig");
 pub const gemm_f32 = @import("gemm_f32.zig");
 pub const ops = @import("ops.zig");
+pub const attention = @import("attention.zig");
 
 test {
     @import("std").testing.refAllDecls(@This());
