@@ -46,7 +46,7 @@ pub const Kind = enum(u32) {
 /// Selected rows per work item of the sparse kinds (the engine's default cluster size).
 const cluster = 32;
 
-/// KV heads of the attention kind (Llama-2-7B's 32 query heads over 8, Mistral-7B's).
+/// KV heads of the attention kind (Mistral-7B's: its 32 query heads share 8).
 const attention_kv_heads = 8;
 
 pub const Bench = struct {
