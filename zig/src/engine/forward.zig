@@ -49,6 +49,9 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
         quant.dequantizeRow(@enumFromInt(m.token_embd.dtype), row, s.x[t * dim ..][0..dim]);
     }
 
+    // RoPE angles of each token's position, shared by every layer
+    for (0..T) |t| ops.ropeAngles(pos0 + t, hp.rope_dim, hp.rope_theta, s.rope_angles[t * hp.head_dim ..][0..hp.head_dim]);
+
     for (m.layers, 0..) |*layer, l| {
         // ---- attention ----
         for (0..T) |t| ops.rmsnorm(s.xb[t * dim ..][0..dim], s.x[t * dim ..][0..dim], layer.attn_norm, hp.rms_eps);
@@ -61,8 +64,9 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
         const hd = hp.head_dim;
         for (0..T) |t| {
             const pos = pos0 + t;
-            ops.rope(s.q[t * q_dim ..][0..q_dim], hd, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
-            ops.rope(s.k[t * kv_dim ..][0..kv_dim], hd, hp.rope_dim, hp.rope_layout, pos, hp.rope_theta, s.rope_scratch);
+            const angles = s.rope_angles[t * hd ..][0..hd];
+            ops.rope(s.q[t * q_dim ..][0..q_dim], hd, hp.rope_dim, hp.rope_layout, angles);
+            ops.rope(s.k[t * kv_dim ..][0..kv_dim], hd, hp.rope_dim, hp.rope_layout, angles);
             for (0..hp.n_kv_heads) |kh| {
                 const at = layer_kv + (kh * s.n_ctx + pos) * hd;
                 @memcpy(s.key_cache[at..][0..hd], s.k[t * kv_dim + kh * hd ..][0..hd]);

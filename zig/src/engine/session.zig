@@ -70,8 +70,9 @@ pub const Session = struct {
     /// Attention scores, one row of n_ctx per query head of a kv group, per thread:
     /// (thread, n_heads / n_kv_heads, n_ctx)
     scores: []f32,
-    /// RoPE cos/sin table for one position: (head_dim,)
-    rope_scratch: []f32,
+    /// RoPE cos/sin of each batch position (ops.ropeAngles), computed once per eval for all layers:
+    /// (batch, head_dim)
+    rope_angles: []f32,
     /// Token ids of the batch to evaluate: TypeScript writes them here before calling eval, so no
     /// JS-owned memory is handed to a nonblocking call.
     tokens: []u32,
@@ -127,7 +128,7 @@ pub const Session = struct {
             .act = arena.bytes(max_segments * b * act_stride) orelse return fail(status_out, oom(sink, 0)),
             .act_stride = act_stride,
             .scores = arena.floats(@as(usize, opts.n_threads) * opts.n_ctx * (hp.n_heads / hp.n_kv_heads)) orelse return fail(status_out, oom(sink, 0)),
-            .rope_scratch = arena.floats(hp.head_dim) orelse return fail(status_out, oom(sink, 0)),
+            .rope_angles = arena.floats(b * hp.head_dim) orelse return fail(status_out, oom(sink, 0)),
             .tokens = arena.words(b) orelse return fail(status_out, oom(sink, 0)),
             .logits = arena.floats(hp.vocab_size * (if (all_logits) b else 1)) orelse return fail(status_out, oom(sink, 0)),
         };
@@ -200,7 +201,7 @@ pub const Session = struct {
         a.free(self.hb2);
         a.free(self.act);
         a.free(self.scores);
-        a.free(self.rope_scratch);
+        a.free(self.rope_angles);
         a.free(self.tokens);
         a.free(self.logits);
         _ = self.model.sessions.fetchSub(1, .acq_rel);
@@ -210,7 +211,7 @@ pub const Session = struct {
     /// Bytes this session allocated (KV cache and scratch), for memory reports.
     pub fn allocatedBytes(self: *const Session) usize {
         var n: usize = 0;
-        inline for (.{ "key_cache", "value_cache", "x", "xb", "q", "k", "v", "att_out", "hb", "hb2", "scores", "rope_scratch", "logits" }) |f| n += @field(self, f).len * 4;
+        inline for (.{ "key_cache", "value_cache", "x", "xb", "q", "k", "v", "att_out", "hb", "hb2", "scores", "rope_angles", "logits" }) |f| n += @field(self, f).len * 4;
         return n + self.act.len + self.tokens.len * 4;
     }
 };
