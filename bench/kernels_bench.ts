@@ -112,6 +112,21 @@ for (const t of threadCounts) {
   });
 }
 
+// Rows under 1 KiB that still hold whole batches of 8 blocks: SmolLM2-135M's 576 columns, Q4_1 (360 B
+// a row), as many as fill `weightBytes`. They take matvecRows' short-row path, two rows at a time.
+const smolRowBytes = (576 / 32) * 20;
+const smolRows = Math.round(weightBytes / smolRowBytes);
+for (const t of threadCounts) {
+  const run = lazyBench(kinds.matvec, ggmlTypeByName("q4_1")!.id, smolRows, 1, t, 576);
+  Deno.bench({
+    name: `matvec q4_1 ${smolRows}x576 (SmolLM2-135M rows, ${
+      ((smolRows * smolRowBytes) / 1e6).toFixed(0)
+    } MB), ${t} thread(s)`,
+    group: `memory ${t}T`,
+    fn: () => record(`smol ${t}`, run()),
+  });
+}
+
 // One layer's decode attention over a long context (kernels/attention.zig): 8 kv heads of 8192
 // cached positions, f32 keys and values (67 MB at head size 128), each read once per token.
 const attentionPositions = 8192;
@@ -214,6 +229,12 @@ table(`Memory bandwidth and decode kernels (${machine()}); best GB/s of the run`
     "matvec q8_0, 128 columns (predictor fc2)",
     ...p.map((v) => v.toFixed(1)),
     ...p.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
+  ]);
+  const sm = threadCounts.map((t) => best.get(`smol ${t}`) ?? NaN);
+  rows.push([
+    "matvec q4_1, 576 columns (SmolLM2-135M)",
+    ...sm.map((v) => v.toFixed(1)),
+    ...sm.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
   ]);
   for (const ac of attentionCases) {
     const a = threadCounts.map((t) => best.get(`attention ${ac.headDim} ${t}`) ?? NaN);

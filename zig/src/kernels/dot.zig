@@ -136,13 +136,13 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
             if (row_bytes >= short_row_bytes) {
                 var first = begin;
                 if (comptime isBlock32(t)) {
-                    if (n % (8 * qk) == 0) {
+                    if (n / qk >= 8) {
                         // Two rows at a time (see dot32Pair), each prefetching the row two ahead of it:
                         // the next pair, as far ahead as the one-row kernel's linear prefetch.
                         const x = Q8Act.of(act, n);
                         while (first + 2 <= end) : (first += 2) {
                             const p0 = data + first * row_bytes;
-                            const two = dot32Pair(t, p0, p0 + row_bytes, x, n / qk, p0 + 2 * row_bytes, p0 + 3 * row_bytes);
+                            const two = dot32Pair(t, true, p0, p0 + row_bytes, x, n / qk, p0 + 2 * row_bytes, p0 + 3 * row_bytes);
                             y[first] = two[0];
                             y[first + 1] = two[1];
                         }
@@ -155,7 +155,23 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
                 const end_bytes = end * row_bytes;
                 var first = begin;
                 if (comptime isBlock32(t)) {
-                    if (n / qk < 8) first = shortRows(t, data, row_bytes, Q8Act.of(act, n), n / qk, y, begin, end);
+                    const x = Q8Act.of(act, n);
+                    if (n / qk < 8) {
+                        first = shortRows(t, data, row_bytes, x, n / qk, y, begin, end);
+                    } else {
+                        // A batch or more but under 1 KiB (SmolLM2-135M's 576 columns: 2 batches and 2
+                        // blocks), two rows at a time like long rows, prefetched as short rows are.
+                        // Kernel bench, 256 MB of 576-column rows, medians against one row at a time:
+                        // Q4_1 6.1 -> 7.5 GB/s on 1 thread, 12.8 -> 14.3 on 2; Q8_0 (its tied
+                        // classifier) 10.5 -> 13.9 and 20.9 -> 23.6. SmolLM2 decode 1.08-1.10x.
+                        while (first + 2 <= end) : (first += 2) {
+                            const p0 = data + first * row_bytes;
+                            prefetchAhead(data, first * row_bytes, 2 * row_bytes, end_bytes);
+                            const two = dot32Pair(t, false, p0, p0 + row_bytes, x, n / qk, p0, p0);
+                            y[first] = two[0];
+                            y[first + 1] = two[1];
+                        }
+                    }
                 }
                 for (first..end) |r| {
                     prefetchAhead(data, r * row_bytes, row_bytes, end_bytes);
@@ -251,15 +267,15 @@ pub fn gatheredRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act
     for (rows[0..@min(lookahead, rows.len)]) |r| prefetchRow(at(data, row_bytes, r), row_bytes);
     switch (w) {
         // The 32-element block types prefetch the row `lookahead` ahead while they read this one,
-        // two rows at a time when rows are whole batches of 8 blocks (dot32Pair).
+        // two rows at a time when rows hold a batch of 8 blocks or more (dot32Pair).
         inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| {
             const x = Q8Act.of(act, n);
             var k: usize = 0;
-            if (n % (8 * qk) == 0) {
+            if (n / qk >= 8) {
                 while (k + 2 <= rows.len) : (k += 2) {
                     const n0 = if (k + lookahead < rows.len) at(data, row_bytes, rows[k + lookahead]) else at(data, row_bytes, rows[k]);
                     const n1 = if (k + 1 + lookahead < rows.len) at(data, row_bytes, rows[k + 1 + lookahead]) else at(data, row_bytes, rows[k + 1]);
-                    const two = dot32Pair(t, at(data, row_bytes, rows[k]), at(data, row_bytes, rows[k + 1]), x, n / qk, n0, n1);
+                    const two = dot32Pair(t, true, at(data, row_bytes, rows[k]), at(data, row_bytes, rows[k + 1]), x, n / qk, n0, n1);
                     y[k] = two[0];
                     y[k + 1] = two[1];
                 }
@@ -380,7 +396,7 @@ const Ahead = enum { linear, none, next_row };
 /// 9.4 GB/s, 32 gave 13.8).
 const prefetch_batches = 32;
 
-/// dot32 of two rows at once, for rows of a multiple of 8 blocks, each prefetching its `next` row
+/// dot32 of two rows at once, for rows of 8 blocks or more, each prefetching its `next` row
 /// as `.next_row` does: every row gets exactly dot32's operations in dot32's order (so the same
 /// bits, whichever rows are paired), but the two rows' loads and multiply-adds interleave, so one
 /// row's cache misses overlap the other's arithmetic. Kernel bench, Q4_0, one row in 8 of 229376 x
@@ -388,7 +404,7 @@ const prefetch_batches = 32;
 /// threads, 10.8 -> 12.0 on 1; the whole 252 MB matrix-vector product: 24.1 -> 24.2 and 24.5 on 2,
 /// 12.9 -> 13.3 and 13.6 on 1. 7B-shape synthetic model, sessions alternating token by token:
 /// dense decode 1.045x and 1.017x, sparse 1.033x and 1.041x.
-inline fn dot32Pair(comptime w_type: DType, row0: [*]const u8, row1: [*]const u8, x: Q8Act, nb: usize, next0: [*]const u8, next1: [*]const u8) [2]f32 {
+inline fn dot32Pair(comptime w_type: DType, comptime prefetch_next: bool, row0: [*]const u8, row1: [*]const u8, x: Q8Act, nb: usize, next0: [*]const u8, next1: [*]const u8) [2]f32 {
     // Sixteen block dot products unrolled per batch: where the nibbles are split by generic vector
     // code (aarch64), their compile-time shuffle masks exceed the default evaluation quota.
     @setEvalBranchQuota(10_000);
@@ -407,9 +423,11 @@ inline fn dot32Pair(comptime w_type: DType, row0: [*]const u8, row1: [*]const u8
         wp0 += 8 * bb;
         wp1 += 8 * bb;
     }) {
-        inline for (0..(8 * bb + 63) / 64) |line| {
-            @prefetch(next0 + b * bb + line * 64, .{});
-            @prefetch(next1 + b * bb + line * 64, .{});
+        if (prefetch_next) {
+            inline for (0..(8 * bb + 63) / 64) |line| {
+                @prefetch(next0 + b * bb + line * 64, .{});
+                @prefetch(next1 + b * bb + line * 64, .{});
+            }
         }
         const xd: F32x8 = x.dx[b..][0..8].*;
         const dw0 = scales8(wp0, bb);
@@ -429,10 +447,37 @@ inline fn dot32Pair(comptime w_type: DType, row0: [*]const u8, row1: [*]const u8
             acc1[j & 3] = @mulAdd(F32x8, @splat(dd1[j]), p1, acc1[j & 3]);
         }
     }
+    // The blocks after the last whole batch, as dot32 takes them (four at a time into the four
+    // accumulators, then one at a time into the first), each row in its own order.
+    var tail0: f32 = 0;
+    var tail1: f32 = 0;
+    while (b + 4 <= nb) : (b += 4) {
+        inline for (0..4) |j| {
+            tailBlock(w_type, row0, x, b + j, &acc0[j], &tail0);
+            tailBlock(w_type, row1, x, b + j, &acc1[j], &tail1);
+        }
+    }
+    while (b < nb) : (b += 1) {
+        tailBlock(w_type, row0, x, b, &acc0[0], &tail0);
+        tailBlock(w_type, row1, x, b, &acc1[0], &tail1);
+    }
     return .{
-        @reduce(.Add, (acc0[0] + acc0[1]) + (acc0[2] + acc0[3])) + offset_scale * @reduce(.Add, off0),
-        @reduce(.Add, (acc1[0] + acc1[1]) + (acc1[2] + acc1[3])) + offset_scale * @reduce(.Add, off1),
+        @reduce(.Add, (acc0[0] + acc0[1]) + (acc0[2] + acc0[3])) + offset_scale * @reduce(.Add, off0) + tail0,
+        @reduce(.Add, (acc1[0] + acc1[1]) + (acc1[2] + acc1[3])) + offset_scale * @reduce(.Add, off1) + tail1,
     };
+}
+
+/// Block `b` of `row` past the whole batches: its scaled dot product into `acc`, its offset term into
+/// `tail` (dot32 and dot32Pair share it, so the two give the same bits).
+inline fn tailBlock(comptime w_type: DType, row: [*]const u8, x: Q8Act, b: usize, acc: *F32x8, tail: *f32) void {
+    const bb = comptime w_type.blockBytes().?;
+    const has_min = comptime hasMin(w_type);
+    const offset_scale: f32 = comptime offsetScale(w_type);
+    const blk = row + b * bb;
+    const dw = f16At(blk);
+    const p: F32x8 = @floatFromInt(blockDot32(w_type, blk, &x.qs[b]));
+    acc.* = @mulAdd(F32x8, @splat(dw * x.dx[b]), p, acc.*);
+    if (offset_scale != 0) tail.* += offset_scale * (if (has_min) f16At(blk + 2) else dw) * x.sums[b];
 }
 
 /// q8_0: sum_b d_w d_x q.x
@@ -478,21 +523,9 @@ fn dot32(comptime w_type: DType, comptime ahead: Ahead, row: [*]const u8, x: Q8A
     // a horizontal sum per block cost as much as the block's dot product. Four blocks at a time, so
     // that each accumulator index is known at compile time and the accumulators stay in registers.
     while (b + 4 <= nb) : (b += 4) {
-        inline for (0..4) |j| {
-            const blk = row + (b + j) * bb;
-            const dw = f16At(blk);
-            const p: F32x8 = @floatFromInt(blockDot32(w_type, blk, &x.qs[b + j]));
-            acc[j] = @mulAdd(F32x8, @splat(dw * x.dx[b + j]), p, acc[j]);
-            if (offset_scale != 0) tail += offset_scale * (if (has_min) f16At(blk + 2) else dw) * x.sums[b + j];
-        }
+        inline for (0..4) |j| tailBlock(w_type, row, x, b + j, &acc[j], &tail);
     }
-    while (b < nb) : (b += 1) {
-        const blk = row + b * bb;
-        const dw = f16At(blk);
-        const p: F32x8 = @floatFromInt(blockDot32(w_type, blk, &x.qs[b]));
-        acc[0] = @mulAdd(F32x8, @splat(dw * x.dx[b]), p, acc[0]);
-        if (offset_scale != 0) tail += offset_scale * (if (has_min) f16At(blk + 2) else dw) * x.sums[b];
-    }
+    while (b < nb) : (b += 1) tailBlock(w_type, row, x, b, &acc[0], &tail);
     return @reduce(.Add, (acc[0] + acc[1]) + (acc[2] + acc[3])) + offset_scale * @reduce(.Add, off) + tail;
 }
 
@@ -765,9 +798,9 @@ test "rows computed two at a time give bitwise the same dot as one at a time" {
     const rng = prng.random();
     const n_rows = 21;
     for ([_]DType{ .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 }) |w| {
-        // Rows of whole batches of 8 blocks are paired: 256 columns (gathered only: matvecRows
-        // takes rows under 1 KiB another way), 2304 and 4096; 2080 (65 blocks) are not.
-        for ([_]usize{ 256, 2080, 2304, 4096 }) |n| {
+        // Rows of 8 blocks or more are paired, with or without blocks past the last whole batch:
+        // rows under 1 KiB (256 and 576 columns) and longer ones (2080 = 65 blocks, 2304, 4096).
+        for ([_]usize{ 256, 576, 2080, 2304, 4096 }) |n| {
             var f = try RowsFixture.init(std.testing.allocator, rng, w, n, n_rows);
             defer f.deinit();
             var one: [n_rows]f32 = undefined;
