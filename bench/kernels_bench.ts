@@ -128,21 +128,25 @@ for (const t of threadCounts) {
 }
 
 // One layer's decode attention over a long context (kernels/attention.zig): 8 kv heads of 8192
-// cached positions, f32 keys and values (67 MB at head size 128), each read once per token.
+// cached positions, f32 or f16 keys and values (67 or 34 MB at head size 128), each read once per
+// token. GB/s counts the cache's bytes, so f16 reads half as many for the same work.
 const attentionPositions = 8192;
 const attentionCases = [
-  { headDim: 128, group: 4, label: "head 128, 4 query heads per kv head (Mistral-7B)" },
-  { headDim: 64, group: 3, label: "head 64, 3 query heads per kv head (SmolLM2)" },
+  { headDim: 128, group: 4, kv: "f32", label: "head 128, 4 query heads per kv head (Mistral-7B)" },
+  { headDim: 128, group: 4, kv: "f16", label: "head 128, 4 query heads per kv head (Mistral-7B)" },
+  { headDim: 64, group: 3, kv: "f32", label: "head 64, 3 query heads per kv head (SmolLM2)" },
+  { headDim: 64, group: 3, kv: "f16", label: "head 64, 3 query heads per kv head (SmolLM2)" },
 ];
 for (const ac of attentionCases) {
+  const kvType = ggmlTypeByName(ac.kv)!;
   for (const t of threadCounts) {
-    const run = lazyBench(kinds.attention, 0, attentionPositions, ac.group, t, ac.headDim);
+    const run = lazyBench(kinds.attention, kvType.id, attentionPositions, ac.group, t, ac.headDim);
     Deno.bench({
-      name: `attention ${ac.label}, 8 kv heads x ${attentionPositions} positions (${
-        ((2 * 8 * attentionPositions * ac.headDim * 4) / 1e6).toFixed(0)
+      name: `attention ${ac.label}, ${ac.kv} cache, 8 kv heads x ${attentionPositions} positions (${
+        ((2 * 8 * attentionPositions * ac.headDim * kvType.blockBytes) / 1e6).toFixed(0)
       } MB), ${t} thread(s)`,
       group: `memory ${t}T`,
-      fn: () => record(`attention ${ac.headDim} ${t}`, run()),
+      fn: () => record(`attention ${ac.headDim} ${ac.kv} ${t}`, run()),
     });
   }
 }
@@ -237,9 +241,9 @@ table(`Memory bandwidth and decode kernels (${machine()}); best GB/s of the run`
     ...sm.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
   ]);
   for (const ac of attentionCases) {
-    const a = threadCounts.map((t) => best.get(`attention ${ac.headDim} ${t}`) ?? NaN);
+    const a = threadCounts.map((t) => best.get(`attention ${ac.headDim} ${ac.kv} ${t}`) ?? NaN);
     rows.push([
-      `attention, ${ac.label}, ${attentionPositions} positions`,
+      `attention, ${ac.label}, ${ac.kv} cache, ${attentionPositions} positions`,
       ...a.map((v) => v.toFixed(1)),
       ...a.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
     ]);

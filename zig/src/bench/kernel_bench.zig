@@ -73,7 +73,7 @@ pub const Bench = struct {
     pub fn create(kind: Kind, dtype: DType, rows: usize, cols: usize, tokens: usize, threads: usize) !*Bench {
         if (threads == 0 or threads > 256 or rows == 0 or cols == 0) return error.InvalidArgument;
         if (kind == .axpy and (!kernels.axpy.supported(dtype) or cols % 32 != 0)) return error.Unsupported;
-        if (kind == .attention) return createAttention(rows, cols, tokens, threads);
+        if (kind == .attention) return createAttention(dtype, rows, cols, tokens, threads);
         const self = try allocator.create(Bench);
         errdefer allocator.destroy(self);
         const row_bytes = if (kind.readsBytes()) cols else (if (dtype.isWeightType()) dtype.rowBytes(cols) orelse return error.Unsupported else return error.Unsupported);
@@ -145,16 +145,18 @@ pub const Bench = struct {
         return self;
     }
 
-    /// The attention kind: `data` holds each kv head's keys then values (f32, rows x cols each), `act`
-    /// the query heads (f32), `y` their outputs, `acc` each thread's scores.
-    fn createAttention(rows: usize, cols: usize, group: usize, threads: usize) !*Bench {
+    /// The attention kind: `data` holds each kv head's keys then values (`dtype`: f32 or f16, rows x
+    /// cols each), `act` the query heads (f32), `y` their outputs, `acc` each thread's scores.
+    fn createAttention(dtype: DType, rows: usize, cols: usize, group: usize, threads: usize) !*Bench {
         if (group == 0) return error.InvalidArgument;
+        if (dtype != .f32 and dtype != .f16) return error.Unsupported;
         const self = try allocator.create(Bench);
         errdefer allocator.destroy(self);
-        const row_bytes = cols * 4;
+        const row_bytes = cols * @as(usize, if (dtype == .f16) 2 else 4);
+        const q_bytes = cols * 4;
         const data = try allocator.alignedAlloc(u8, 64, 2 * attention_kv_heads * rows * row_bytes);
         errdefer allocator.free(data);
-        const act = try allocator.alignedAlloc(u8, 64, attention_kv_heads * group * row_bytes);
+        const act = try allocator.alignedAlloc(u8, 64, attention_kv_heads * group * q_bytes);
         errdefer allocator.free(act);
         const y = try allocator.alloc(f32, attention_kv_heads * group * cols);
         errdefer allocator.free(y);
@@ -162,10 +164,14 @@ pub const Bench = struct {
         errdefer allocator.free(scores);
         var prng = std.Random.DefaultPrng.init(42);
         const rng = prng.random();
-        for (std.mem.bytesAsSlice(f32, data)) |*v| v.* = rng.floatNorm(f32);
+        if (dtype == .f16) {
+            for (std.mem.bytesAsSlice(f16, data)) |*v| v.* = @floatCast(rng.floatNorm(f32));
+        } else {
+            for (std.mem.bytesAsSlice(f32, data)) |*v| v.* = rng.floatNorm(f32);
+        }
         for (std.mem.bytesAsSlice(f32, act)) |*v| v.* = rng.floatNorm(f32);
         const pool = try ThreadPool.init(allocator, threads);
-        self.* = .{ .kind = .attention, .dtype = .f32, .pool = pool, .data = data, .rows = rows, .cols = cols, .row_bytes = row_bytes, .tokens = group, .act = act, .act_stride = 0, .y = y, .acc = scores };
+        self.* = .{ .kind = .attention, .dtype = dtype, .pool = pool, .data = data, .rows = rows, .cols = cols, .row_bytes = row_bytes, .tokens = group, .act = act, .act_stride = 0, .y = y, .acc = scores };
         return self;
     }
 
@@ -243,7 +249,14 @@ pub const Bench = struct {
 
     fn attentionJob(ctx: *anyopaque, begin: usize, end: usize, thread: usize) void {
         const self: *Bench = @ptrCast(@alignCast(ctx));
-        const all: []const f32 = std.mem.bytesAsSlice(f32, self.data);
+        switch (self.dtype) {
+            .f16 => self.attention(f16, begin, end, thread),
+            else => self.attention(f32, begin, end, thread),
+        }
+    }
+
+    fn attention(self: *Bench, comptime T: type, begin: usize, end: usize, thread: usize) void {
+        const all: []const T = @alignCast(std.mem.bytesAsSlice(T, self.data));
         const q: []const f32 = std.mem.bytesAsSlice(f32, self.act);
         const n = self.rows * self.cols;
         const group = self.tokens;
@@ -251,7 +264,7 @@ pub const Bench = struct {
         const scale = 1.0 / @sqrt(@as(f32, @floatFromInt(self.cols)));
         for (begin..end) |h| {
             const qh = q[h * group * self.cols ..][0 .. group * self.cols];
-            kernels.attention.attendGroup(qh, all[2 * h * n ..][0..n], all[(2 * h + 1) * n ..][0..n], self.rows, self.cols, group, scale, scores, self.rows, self.y[h * group * self.cols ..][0 .. group * self.cols]);
+            kernels.attention.attendGroup(T, qh, all[2 * h * n ..][0..n], all[(2 * h + 1) * n ..][0..n], self.rows, self.cols, group, scale, scores, self.rows, self.y[h * group * self.cols ..][0 .. group * self.cols]);
         }
     }
 

@@ -69,8 +69,12 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
             ops.rope(s.k[t * kv_dim ..][0..kv_dim], hd, hp.rope_dim, hp.rope_layout, angles);
             for (0..hp.n_kv_heads) |kh| {
                 const at = layer_kv + (kh * s.n_ctx + pos) * hd;
-                @memcpy(s.key_cache[at..][0..hd], s.k[t * kv_dim + kh * hd ..][0..hd]);
-                @memcpy(s.value_cache[at..][0..hd], s.v[t * kv_dim + kh * hd ..][0..hd]);
+                switch (s.kv) {
+                    inline else => |c| {
+                        storeRow(c.keys[at..][0..hd], s.k[t * kv_dim + kh * hd ..][0..hd]);
+                        storeRow(c.values[at..][0..hd], s.v[t * kv_dim + kh * hd ..][0..hd]);
+                    },
+                }
             }
         }
         var att = AttentionJob{ .s = s, .layer_kv = layer_kv, .pos0 = pos0 };
@@ -111,6 +115,12 @@ pub fn eval(s: *Session, n_tokens: usize, pos0: usize) Status {
     matmulFused(s, n_out, s.xb, dim, &.{.{ .w = &m.output, .y = s.logits, .y_stride = hp.vocab_size }});
     s.backend.sync();
     return .ok;
+}
+
+/// A key or value row into the cache, rounded to the cache's element type.
+inline fn storeRow(dst: anytype, src: []const f32) void {
+    if (@TypeOf(dst[0]) == f32) return @memcpy(dst, src);
+    for (dst, src) |*d, x| d.* = @floatCast(x);
 }
 
 /// Whether this batch takes the sparse FFN path: sparse FFNs attached and not in dense mode, and the
@@ -211,11 +221,14 @@ const AttentionJob = struct {
             const kh = item % hp.n_kv_heads;
             const n_pos = self.pos0 + t + 1;
             const kv = self.layer_kv + kh * s.n_ctx * hd;
-            const keys = s.key_cache[kv..][0 .. n_pos * hd];
-            const values = s.value_cache[kv..][0 .. n_pos * hd];
             // Query heads kh * group .. of token t, and their output.
             const q0 = t * q_dim + kh * group * hd;
-            kernels.attention.attendGroup(s.q[q0..][0 .. group * hd], keys, values, n_pos, hd, group, inv_sqrt, scores_all, s.n_ctx, s.att_out[q0..][0 .. group * hd]);
+            switch (s.kv) {
+                inline else => |c| {
+                    const T = @TypeOf(c.keys[0]);
+                    kernels.attention.attendGroup(T, s.q[q0..][0 .. group * hd], c.keys[kv..][0 .. n_pos * hd], c.values[kv..][0 .. n_pos * hd], n_pos, hd, group, inv_sqrt, scores_all, s.n_ctx, s.att_out[q0..][0 .. group * hd]);
+                },
+            }
         }
     }
 };

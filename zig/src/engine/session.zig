@@ -21,11 +21,56 @@ pub const SessionOptions = extern struct {
     n_threads: u32,
     /// Most tokens evaluated in one batch (prompt chunks); decode uses 1.
     max_batch: u32,
-    /// Bit 0: keep logits for every token of a batch, not only the last.
+    /// Bit 0: keep logits for every token of a batch, not only the last; bit 1: an f16 KV cache.
     flags: u32,
 };
 
 pub const flag_all_logits: u32 = 1;
+/// Bit 1: keep keys and values in f16 (half the memory and the attention reads) instead of f32.
+pub const flag_kv_f16: u32 = 2;
+
+/// The KV cache: (layer, kv head, n_ctx, head_dim), so one head's positions lie one after the other
+/// (see forward.zig's AttentionJob), in the element type the session was created with.
+pub const KvCache = union(enum) {
+    f32: KvPair(f32),
+    f16: KvPair(f16),
+
+    /// Bytes of keys and values together.
+    pub fn bytes(self: KvCache) usize {
+        return switch (self) {
+            inline else => |c| (c.keys.len + c.values.len) * @sizeOf(@TypeOf(c.keys[0])),
+        };
+    }
+};
+
+pub fn KvPair(comptime T: type) type {
+    return struct { keys: []T, values: []T };
+}
+
+/// Zeroed keys and values of `n` elements each.
+fn allocKv(a: std.mem.Allocator, n: usize, f16_elems: bool) ?KvCache {
+    return if (f16_elems) .{ .f16 = allocKvPair(f16, a, n) orelse return null } else .{ .f32 = allocKvPair(f32, a, n) orelse return null };
+}
+
+fn allocKvPair(comptime T: type, a: std.mem.Allocator, n: usize) ?KvPair(T) {
+    const keys = a.alloc(T, n) catch return null;
+    const values = a.alloc(T, n) catch {
+        a.free(keys);
+        return null;
+    };
+    @memset(keys, 0);
+    @memset(values, 0);
+    return .{ .keys = keys, .values = values };
+}
+
+fn freeKv(a: std.mem.Allocator, kv: KvCache) void {
+    switch (kv) {
+        inline else => |c| {
+            a.free(c.keys);
+            a.free(c.values);
+        },
+    }
+}
 
 /// Most distinct input formats one fused matmul job may need (q, k and v may differ in type).
 pub const max_segments = 3;
@@ -50,10 +95,7 @@ pub const Session = struct {
     capture: ?*Capture = null,
     sink: ErrorSink = .{},
 
-    // KV cache: (layer, kv head, n_ctx, head_dim), so one head's positions lie one after the other
-    // (see forward.zig's AttentionJob).
-    key_cache: []f32,
-    value_cache: []f32,
+    kv: KvCache,
 
     // Activations for a batch of up to max_batch tokens; row t of each is token t.
     x: []f32, // (batch, dim) residual stream
@@ -104,6 +146,9 @@ pub const Session = struct {
         for (model.matrices) |w| act_stride = @max(act_stride, backend.activationBytes(@enumFromInt(w.dtype), widest_input));
         act_stride = std.mem.alignForward(usize, act_stride, 64);
 
+        const kv_f16 = opts.flags & flag_kv_f16 != 0;
+        const kv = allocKv(allocator, kv_elems, kv_f16) orelse return fail(status_out, oom(sink, kv_elems * @as(usize, if (kv_f16) 4 else 8)));
+        errdefer freeKv(allocator, kv);
         var arena = Allocs{ .allocator = allocator };
         errdefer arena.freeAll();
         const all_logits = opts.flags & flag_all_logits != 0;
@@ -115,8 +160,7 @@ pub const Session = struct {
             .n_ctx = opts.n_ctx,
             .max_batch = b,
             .all_logits = all_logits,
-            .key_cache = arena.floats(kv_elems) orelse return fail(status_out, oom(sink, kv_elems * 8)),
-            .value_cache = arena.floats(kv_elems) orelse return fail(status_out, oom(sink, kv_elems * 8)),
+            .kv = kv,
             .x = arena.floats(b * hp.dim) orelse return fail(status_out, oom(sink, 0)),
             .xb = arena.floats(b * hp.dim) orelse return fail(status_out, oom(sink, 0)),
             .q = arena.floats(b * hp.qDim()) orelse return fail(status_out, oom(sink, 0)),
@@ -189,8 +233,7 @@ pub const Session = struct {
         self.pool.deinit();
         self.backend.deinit();
         const a = self.allocator;
-        a.free(self.key_cache);
-        a.free(self.value_cache);
+        freeKv(a, self.kv);
         a.free(self.x);
         a.free(self.xb);
         a.free(self.q);
@@ -210,8 +253,8 @@ pub const Session = struct {
 
     /// Bytes this session allocated (KV cache and scratch), for memory reports.
     pub fn allocatedBytes(self: *const Session) usize {
-        var n: usize = 0;
-        inline for (.{ "key_cache", "value_cache", "x", "xb", "q", "k", "v", "att_out", "hb", "hb2", "scores", "rope_angles", "logits" }) |f| n += @field(self, f).len * 4;
+        var n: usize = self.kv.bytes();
+        inline for (.{ "x", "xb", "q", "k", "v", "att_out", "hb", "hb2", "scores", "rope_angles", "logits" }) |f| n += @field(self, f).len * 4;
         return n + self.act.len + self.tokens.len * 4;
     }
 };

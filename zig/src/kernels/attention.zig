@@ -1,6 +1,7 @@
 //! Attention of one kv head's query group against its cached keys and values: for each query head g
 //! of the group, out_g = softmax(scale * q_g · K^T) · V over positions 0..n_pos, with K and V one
-//! head_dim-long row per position, rows back to back (engine/session.zig's cache layout).
+//! head_dim-long row per position, rows back to back (engine/session.zig's cache layout), in f32 or
+//! f16 (converted to f32 as they are loaded, 8 at a time: one vcvtph2ps on x86-64).
 //!
 //! The positions are taken 8 at a time. Their keys (8 rows) are read from memory once and scored
 //! against every query head of the group from L1; the 8 dot products of a head come out of one
@@ -22,10 +23,10 @@ const col_chunk = 64;
 /// out[g*hd ..][0..hd] = attention of query head g (q[g*hd ..]) over `n_pos` positions, for g in
 /// 0..group. `scores` holds group * score_stride floats (score_stride >= n_pos): each head's
 /// probabilities are left there.
-pub fn attendGroup(q: []const f32, keys: []const f32, values: []const f32, n_pos: usize, hd: usize, group: usize, scale: f32, scores: []f32, score_stride: usize, out: []f32) void {
+pub fn attendGroup(comptime T: type, q: []const f32, keys: []const T, values: []const T, n_pos: usize, hd: usize, group: usize, scale: f32, scores: []f32, score_stride: usize, out: []f32) void {
     std.debug.assert(q.len >= group * hd and keys.len >= n_pos * hd and values.len >= n_pos * hd);
     std.debug.assert(score_stride >= n_pos and scores.len >= group * score_stride and out.len >= group * hd);
-    if (hd % lanes != 0) return attendReference(q, keys, values, n_pos, hd, group, scale, scores, score_stride, out);
+    if (hd % lanes != 0) return attendReference(T, q, keys, values, n_pos, hd, group, scale, scores, score_stride, out);
 
     // Scores, 8 positions at a time for every head.
     var p: usize = 0;
@@ -37,13 +38,13 @@ pub fn attendGroup(q: []const f32, keys: []const f32, values: []const f32, n_pos
             var c: usize = 0;
             while (c < hd) : (c += lanes) {
                 const qv: V = qg[c..][0..lanes].*;
-                inline for (0..block) |j| acc[j] = @mulAdd(V, qv, k[j * hd + c ..][0..lanes].*, acc[j]);
+                inline for (0..block) |j| acc[j] = @mulAdd(V, qv, load8(T, k[j * hd + c ..][0..lanes]), acc[j]);
             }
             scores[g * score_stride + p ..][0..block].* = sum8(acc) * @as(V, @splat(scale));
         }
     }
     for (p..n_pos) |t| {
-        for (0..group) |g| scores[g * score_stride + t] = ops.dotF32(q[g * hd ..][0..hd], keys[t * hd ..][0..hd]) * scale;
+        for (0..group) |g| scores[g * score_stride + t] = dotRow(T, q[g * hd ..][0..hd], keys[t * hd ..][0..hd]) * scale;
     }
     for (0..group) |g| ops.softmax(scores[g * score_stride ..][0..n_pos]);
 
@@ -56,13 +57,13 @@ pub fn attendGroup(q: []const f32, keys: []const f32, values: []const f32, n_pos
         var c0: usize = 0;
         while (c0 < hd) : (c0 += col_chunk) {
             const width = @min(col_chunk, hd - c0);
-            for (0..group) |g| addValues(values, hd, p, n, c0, width, scores[g * score_stride + p ..][0..n], out[g * hd ..][0..hd]);
+            for (0..group) |g| addValues(T, values, hd, p, n, c0, width, scores[g * score_stride + p ..][0..n], out[g * hd ..][0..hd]);
         }
     }
 }
 
 /// out[c0 .. c0 + width] += sum_j w[j] * values row (p + j), for the `w.len` positions of a block.
-inline fn addValues(values: []const f32, hd: usize, p: usize, n: usize, c0: usize, width: usize, w: []const f32, out: []f32) void {
+inline fn addValues(comptime T: type, values: []const T, hd: usize, p: usize, n: usize, c0: usize, width: usize, w: []const f32, out: []f32) void {
     const nv = width / lanes;
     var acc: [col_chunk / lanes]V = undefined;
     for (0..nv) |i| acc[i] = out[c0 + i * lanes ..][0..lanes].*;
@@ -71,12 +72,30 @@ inline fn addValues(values: []const f32, hd: usize, p: usize, n: usize, c0: usiz
         const row = values[(p + j) * hd + c0 ..];
         // Full chunks unrolled so the accumulators stay in registers.
         if (nv == col_chunk / lanes) {
-            inline for (0..col_chunk / lanes) |i| acc[i] = @mulAdd(V, wj, row[i * lanes ..][0..lanes].*, acc[i]);
+            inline for (0..col_chunk / lanes) |i| acc[i] = @mulAdd(V, wj, load8(T, row[i * lanes ..][0..lanes]), acc[i]);
         } else {
-            for (0..nv) |i| acc[i] = @mulAdd(V, wj, row[i * lanes ..][0..lanes].*, acc[i]);
+            for (0..nv) |i| acc[i] = @mulAdd(V, wj, load8(T, row[i * lanes ..][0..lanes]), acc[i]);
         }
     }
     for (0..nv) |i| out[c0 + i * lanes ..][0..lanes].* = acc[i];
+}
+
+/// Eight cached elements as f32 lanes.
+inline fn load8(comptime T: type, p: *const [lanes]T) V {
+    if (T == f32) return p.*;
+    const h: @Vector(lanes, T) = p.*;
+    return @floatCast(h);
+}
+
+/// q · one cached row (positions after the last whole block).
+fn dotRow(comptime T: type, a: []const f32, b: []const T) f32 {
+    if (T == f32) return ops.dotF32(a, b);
+    var acc: V = @splat(0);
+    var i: usize = 0;
+    while (i + lanes <= a.len) : (i += lanes) acc = @mulAdd(V, a[i..][0..lanes].*, load8(T, b[i..][0..lanes]), acc);
+    var sum = @reduce(.Add, acc);
+    while (i < a.len) : (i += 1) sum += a[i] * @as(f32, @floatCast(b[i]));
+    return sum;
 }
 
 /// The 8 horizontal sums of 8 vectors, as one vector: pairwise adds of interleaved halves.
@@ -103,12 +122,12 @@ inline fn pairAdd(a: V, b: V) V {
 }
 
 /// Scalar reference (and the path for head sizes that are not a multiple of 8).
-pub fn attendReference(q: []const f32, keys: []const f32, values: []const f32, n_pos: usize, hd: usize, group: usize, scale: f32, scores: []f32, score_stride: usize, out: []f32) void {
+pub fn attendReference(comptime T: type, q: []const f32, keys: []const T, values: []const T, n_pos: usize, hd: usize, group: usize, scale: f32, scores: []f32, score_stride: usize, out: []f32) void {
     for (0..group) |g| {
         const s = scores[g * score_stride ..][0..n_pos];
         for (s, 0..) |*v, t| {
             var d: f32 = 0;
-            for (0..hd) |i| d += q[g * hd + i] * keys[t * hd + i];
+            for (0..hd) |i| d += q[g * hd + i] * @as(f32, @floatCast(keys[t * hd + i]));
             v.* = d * scale;
         }
         // Softmax in f64 with libm's exp, independent of ops.softmax.
@@ -120,12 +139,17 @@ pub fn attendReference(q: []const f32, keys: []const f32, values: []const f32, n
         const o = out[g * hd ..][0..hd];
         @memset(o, 0);
         for (s, 0..) |w, t| {
-            for (o, 0..) |*e, i| e.* += w * values[t * hd + i];
+            for (o, 0..) |*e, i| e.* += w * @as(f32, @floatCast(values[t * hd + i]));
         }
     }
 }
 
-test "attendGroup matches its scalar reference" {
+test "attendGroup matches its scalar reference, with f32 and f16 caches" {
+    try expectMatchesReference(f32);
+    try expectMatchesReference(f16);
+}
+
+fn expectMatchesReference(comptime T: type) !void {
     const gpa = std.testing.allocator;
     var prng = std.Random.DefaultPrng.init(21);
     const rng = prng.random();
@@ -136,13 +160,13 @@ test "attendGroup matches its scalar reference" {
             for ([_]usize{ 1, 3, 4 }) |group| {
                 const q = try gpa.alloc(f32, group * hd);
                 defer gpa.free(q);
-                const k = try gpa.alloc(f32, n_pos * hd);
+                const k = try gpa.alloc(T, n_pos * hd);
                 defer gpa.free(k);
-                const v = try gpa.alloc(f32, n_pos * hd);
+                const v = try gpa.alloc(T, n_pos * hd);
                 defer gpa.free(v);
                 for (q) |*e| e.* = rng.floatNorm(f32);
-                for (k) |*e| e.* = rng.floatNorm(f32);
-                for (v) |*e| e.* = rng.floatNorm(f32);
+                for (k) |*e| e.* = @floatCast(rng.floatNorm(f32));
+                for (v) |*e| e.* = @floatCast(rng.floatNorm(f32));
                 const stride = n_pos + 5;
                 const s1 = try gpa.alloc(f32, group * stride);
                 defer gpa.free(s1);
@@ -153,8 +177,8 @@ test "attendGroup matches its scalar reference" {
                 const o2 = try gpa.alloc(f32, group * hd);
                 defer gpa.free(o2);
                 const scale = 1.0 / @sqrt(@as(f32, @floatFromInt(hd)));
-                attendGroup(q, k, v, n_pos, hd, group, scale, s1, stride, o1);
-                attendReference(q, k, v, n_pos, hd, group, scale, s2, stride, o2);
+                attendGroup(T, q, k, v, n_pos, hd, group, scale, s1, stride, o1);
+                attendReference(T, q, k, v, n_pos, hd, group, scale, s2, stride, o2);
                 for (o1, o2) |a, b| try std.testing.expectApproxEqAbs(b, a, 1e-4 * (@abs(b) + 1));
                 for (0..group) |g| {
                     for (s1[g * stride ..][0..n_pos], s2[g * stride ..][0..n_pos]) |a, b| try std.testing.expectApproxEqAbs(b, a, 1e-5);
