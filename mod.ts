@@ -63,6 +63,7 @@ export type { GgmlTypeInfo } from "./core/gguf_types.ts";
 export { defaultModel, defaultModelPath, ensureDefaultModel, type FetchProgress } from "./core/default_model.ts";
 export type { Activation, LlamaHparams, RopeLayout } from "./core/model_desc.ts";
 export type { DownType, LayerSparseStats, SparseMode, SparseOptions, SparseStats } from "./core/sparse.ts";
+export type { KvType } from "./core/engine.ts";
 export {
   evaluateSparsity,
   type EvaluateSparsityOptions,

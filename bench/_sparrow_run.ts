@@ -15,9 +15,10 @@ import { residentBytes } from "../core/memory_budget.ts";
 import type { OffloadReport } from "../core/offload.ts";
 import type { SparseOptions } from "../core/sparse.ts";
 
-/** KV cache positions and batch size of the run's session: the offload budget must hold them. */
+/** KV cache positions, batch size and KV type of the run's session: the offload budget must hold them. */
 export const runContextLength = 256;
 export const runBatchSize = 32;
+export const runKvType = "f16";
 
 /** What a run is told. */
 export interface SparrowRunSpec {
@@ -76,6 +77,7 @@ async function main(spec: SparrowRunSpec): Promise<SparrowRunResult | SparrowPro
     threads: spec.threads,
     contextLength: runContextLength,
     batchSize: runBatchSize,
+    kvType: runKvType,
   });
   if (spec.mode === "probe") {
     // prepareOffload fingerprints the model (17 MiB of it read into memory) before it measures.

@@ -93,6 +93,7 @@ import { machine, table } from "./_report.ts";
 import {
   runBatchSize,
   runContextLength,
+  runKvType,
   type SparrowProbeResult,
   type SparrowRunResult,
   type SparrowRunSpec,
@@ -365,6 +366,7 @@ async function defaultLimit(): Promise<{ bytes: number; how: string }> {
       tiedEmbeddings: llamaTensors(g, hp).output === undefined,
       contextLength: runContextLength,
       batchSize: runBatchSize,
+      kvType: runKvType,
     },
     sidecar.predictors,
   );

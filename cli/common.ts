@@ -19,6 +19,7 @@ export const modelOptions: OptionSpec = {
   threads: { type: "string", short: "t" },
   ctx: { type: "string", short: "c" },
   batch: { type: "string" },
+  "kv-type": { type: "string" },
   backend: { type: "string" },
   activation: { type: "string" },
   "rope-layout": { type: "string" },
@@ -30,6 +31,7 @@ export const modelOptionsHelp = `Model options:
   -t, --threads N         threads, the calling one included (default: all logical CPUs)
   -c, --ctx N             context length in tokens (default: the model's, at most 4096)
       --batch N           prompt tokens evaluated per step (default 128)
+      --kv-type TYPE      KV cache elements: f16 (default, half the memory) or f32
       --backend NAME      compute backend (default cpu)
       --activation KIND   override the FFN activation: swiglu, relu or drelu
       --rope-layout KIND  override RoPE pairing: interleaved or neox`;
@@ -86,6 +88,7 @@ export async function openModel(p: Parsed): Promise<{ model: Model; loadMs: numb
     threads: int(p, "threads", 1, 256),
     contextLength: int(p, "ctx", 1, 1 << 20),
     batchSize: int(p, "batch", 1, 4096),
+    kvType: choice(p, "kv-type", ["f16", "f32"] as const),
     backend: str(p, "backend"),
     activation: choice(p, "activation", ["swiglu", "relu", "drelu"] as const),
     ropeLayout: choice(p, "rope-layout", ["interleaved", "neox"] as const),

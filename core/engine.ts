@@ -25,6 +25,19 @@ export interface NativeSessionOptions {
   batchSize: number;
   /** Keep logits for every token of a batch (perplexity, evaluation), not only the last. */
   allLogits?: boolean;
+  /** Element type of the KV cache; default "f32". */
+  kvType?: KvType;
+}
+
+/**
+ * Element type of the KV cache: "f16" halves its memory and the bytes attention reads per token,
+ * rounding each key and value to 11 significant bits; "f32" keeps them as computed.
+ */
+export type KvType = "f32" | "f16";
+
+/** Bytes per cached key or value element. */
+export function kvElementBytes(kvType: KvType): number {
+  return kvType === "f16" ? 2 : 4;
 }
 
 // Backstops for handles dropped without close(); the normal path is an explicit close().
@@ -136,7 +149,9 @@ export class NativeSession {
   constructor(model: NativeModel, backend: LoadedBackend, options: NativeSessionOptions) {
     const c = core();
     const opts = new Uint32Array(layout.sessionOptions / 4);
-    opts.set([options.contextLength, options.threads, options.batchSize, options.allLogits ? 1 : 0]);
+    // flags: bit 0 all logits, bit 1 an f16 KV cache (session.zig's SessionOptions)
+    const flags = (options.allLogits ? 1 : 0) | (options.kvType === "f16" ? 2 : 0);
+    opts.set([options.contextLength, options.threads, options.batchSize, flags]);
     const out = new BigUint64Array(1);
     unwrap(
       c.sp_session_create(model.pointer, backend.table, new Uint8Array(opts.buffer), new Uint8Array(out.buffer)),

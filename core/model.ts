@@ -7,7 +7,7 @@
  */
 import { loadBackend } from "./backend_loader.ts";
 import { backends, defaultBackend } from "../backends/registry.ts";
-import { NativeModel, NativeSession } from "./engine.ts";
+import { type KvType, NativeModel, NativeSession } from "./engine.ts";
 import { SparrowError } from "./errors.ts";
 import { core } from "./ffi.ts";
 import { type GgufFile, readGguf } from "./gguf.ts";
@@ -43,6 +43,11 @@ export interface LoadModelOptions {
   contextLength?: number;
   /** Most prompt tokens evaluated per call. Default 128. */
   batchSize?: number;
+  /**
+   * Element type of each session's KV cache. Default "f16" (as llama.cpp's): half the memory of
+   * "f32", and half the bytes attention reads per token at long contexts.
+   */
+  kvType?: KvType;
   /** Replace the file's FFN activation (e.g. "relu" for a ReLU-fied model that does not say so). */
   activation?: Activation;
   /** Replace the file's RoPE pairing. */
@@ -59,6 +64,8 @@ export interface ModelDefaults {
   contextLength: number;
   /** Most prompt tokens evaluated per call. */
   batchSize: number;
+  /** Element type of the KV cache. */
+  kvType: KvType;
 }
 
 /** Options of {@link Model.createSession}. */
@@ -71,6 +78,8 @@ export interface SessionOptions {
   batchSize?: number;
   /** Keep logits of every token in a batch (for evaluation); default false. */
   allLogits?: boolean;
+  /** Element type of the KV cache; default the model's (see {@link LoadModelOptions.kvType}). */
+  kvType?: KvType;
   /** Compute FFNs sparsely (see {@link SparseOptions}); default dense. */
   sparse?: SparseOptions;
 }
@@ -118,7 +127,13 @@ function resolveOptions(options: LoadModelOptions): Omit<ModelDefaults, "context
       ? undefined
       : positiveInt("contextLength", options.contextLength, 1 << 20),
     batchSize: positiveInt("batchSize", options.batchSize ?? 128, 4096),
+    kvType: kvTypeOption(options.kvType ?? "f16"),
   };
+}
+
+function kvTypeOption(v: string): KvType {
+  if (v !== "f32" && v !== "f16") throw new SparrowError("invalid_argument", `kvType '${v}' is not f32 or f16`);
+  return v;
 }
 
 /**
@@ -201,6 +216,7 @@ export class Model {
       threads: positiveInt("threads", options.threads ?? d.threads, 256),
       batchSize: positiveInt("batchSize", options.batchSize ?? d.batchSize, 4096),
       allLogits: options.allLogits ?? false,
+      kvType: kvTypeOption(options.kvType ?? d.kvType),
     };
     const native = new NativeSession(this.#native, loadBackend(d.backend), settings);
     try {
@@ -270,6 +286,7 @@ export class Model {
       fingerprint: await this.fingerprint(),
       contextLength: this.defaults.contextLength,
       batchSize: this.defaults.batchSize,
+      kvType: this.defaults.kvType,
     }, options);
     this.#sparse.set(key, store);
     return report;

@@ -8,7 +8,7 @@
  * @module
  */
 import { SparrowError } from "./errors.ts";
-import type { NativeModel } from "./engine.ts";
+import { kvElementBytes, type KvType, type NativeModel } from "./engine.ts";
 import type { GgufFile } from "./gguf.ts";
 import type { LlamaHparams } from "./model_desc.ts";
 import { readSidecar } from "./sidecar.ts";
@@ -75,6 +75,7 @@ export interface OffloadModel {
   fingerprint: string;
   contextLength: number;
   batchSize: number;
+  kvType: KvType;
 }
 
 /** The fixed region but the runtime: weights, predictors, KV cache and scratch, in bytes. */
@@ -88,10 +89,10 @@ export interface FixedRegion {
 /**
  * What every token needs resident whatever fires (the runtime aside): the non-FFN weights (the
  * token embedding table only when the classifier shares it: otherwise a token reads one row), the
- * predictors, the KV cache (f32) and the session scratch.
+ * predictors, the KV cache (in the sessions' element type) and the session scratch.
  */
 export function fixedRegion(
-  m: Pick<OffloadModel, "gguf" | "hparams" | "tiedEmbeddings" | "contextLength" | "batchSize">,
+  m: Pick<OffloadModel, "gguf" | "hparams" | "tiedEmbeddings" | "contextLength" | "batchSize" | "kvType">,
   predictors: readonly ({ fc1: { nBytes: number }; fc2: { nBytes: number }; bias?: { nBytes: number } } | undefined)[],
   o: Pick<OffloadOptions, "contextLength" | "batchSize"> = {},
 ): FixedRegion {
@@ -107,7 +108,7 @@ export function fixedRegion(
   const batch = o.batchSize ?? m.batchSize;
   const kvDim = hp.nKvHeads * hp.headDim;
   const qDim = hp.nHeads * hp.headDim;
-  const kvBytes = 2 * hp.nLayers * ctx * kvDim * 4;
+  const kvBytes = 2 * hp.nLayers * ctx * kvDim * kvElementBytes(m.kvType);
   // Session buffers (per batch row: residual, norms, q/k/v, attention out, gate and up, as f32),
   // attention scores, logits, the sparse path's per-neuron arrays, and allocator/thread slack.
   const scratchBytes = batch * (2 * hp.dim + 2 * qDim + 2 * kvDim + 2 * hp.ffnDim) * 4 +
