@@ -140,11 +140,15 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
                         // Two rows at a time (see dot32Pair), each prefetching the row two ahead of it:
                         // the next pair, as far ahead as the one-row kernel's linear prefetch.
                         const x = Q8Act.of(act, n);
-                        while (first + 2 <= end) : (first += 2) {
-                            const p0 = data + first * row_bytes;
-                            const two = dot32Pair(t, true, p0, p0 + row_bytes, x, n / qk, p0 + 2 * row_bytes, p0 + 3 * row_bytes);
-                            y[first] = two[0];
-                            y[first + 1] = two[1];
+                        if (n % (8 * qk) == 0) {
+                            while (first + 2 <= end) : (first += 2) {
+                                const p0 = data + first * row_bytes;
+                                const two = dot32Pair(t, true, false, p0, p0 + row_bytes, x, n / qk, p0 + 2 * row_bytes, p0 + 3 * row_bytes);
+                                y[first] = two[0];
+                                y[first + 1] = two[1];
+                            }
+                        } else {
+                            first = pairedRowsWithTail(t, data, row_bytes, x, n / qk, y, first, end, null);
                         }
                     }
                 }
@@ -164,13 +168,7 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
                         // Kernel bench, 256 MB of 576-column rows, medians against one row at a time:
                         // Q4_1 6.1 -> 7.5 GB/s on 1 thread, 12.8 -> 14.3 on 2; Q8_0 (its tied
                         // classifier) 10.5 -> 13.9 and 20.9 -> 23.6. SmolLM2 decode 1.08-1.10x.
-                        while (first + 2 <= end) : (first += 2) {
-                            const p0 = data + first * row_bytes;
-                            prefetchAhead(data, first * row_bytes, 2 * row_bytes, end_bytes);
-                            const two = dot32Pair(t, false, p0, p0 + row_bytes, x, n / qk, p0, p0);
-                            y[first] = two[0];
-                            y[first + 1] = two[1];
-                        }
+                        first = pairedRowsWithTail(t, data, row_bytes, x, n / qk, y, first, end, end_bytes);
                     }
                 }
                 for (first..end) |r| {
@@ -181,6 +179,29 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
         },
         else => unreachable, // the types dotWith computes: checked when the model is loaded
     }
+}
+
+/// Rows [first, end) of a matrix-vector product two at a time, for rows that are not whole batches
+/// or that are under 1 KiB; returns the row left over (when the count is odd). With `end_bytes`
+/// (short rows) the lines a few KiB ahead are prefetched as shortRows does, otherwise each pair
+/// prefetches the next. Kept out of line, so that matvecRows (which inlines its row kernels for
+/// every type) does not triple in size around its whole-batch loop, the one dense decode spends its
+/// time in.
+noinline fn pairedRowsWithTail(comptime t: DType, data: [*]const u8, row_bytes: usize, x: Q8Act, nb: usize, y: [*]f32, first: usize, end: usize, end_bytes: ?usize) usize {
+    var r = first;
+    while (r + 2 <= end) : (r += 2) {
+        const p0 = data + r * row_bytes;
+        const two = if (end_bytes) |eb| blk: {
+            prefetchAhead(data, r * row_bytes, 2 * row_bytes, eb);
+            break :blk if (nb % 8 == 0)
+                dot32Pair(t, false, false, p0, p0 + row_bytes, x, nb, p0, p0)
+            else
+                dot32Pair(t, false, true, p0, p0 + row_bytes, x, nb, p0, p0);
+        } else dot32Pair(t, true, true, p0, p0 + row_bytes, x, nb, p0 + 2 * row_bytes, p0 + 3 * row_bytes);
+        y[r] = two[0];
+        y[r + 1] = two[1];
+    }
+    return r;
 }
 
 /// The 32-element block types whose blocks carry a min (x = q d + m) beside the scale.
@@ -272,12 +293,10 @@ pub fn gatheredRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act
             const x = Q8Act.of(act, n);
             var k: usize = 0;
             if (n / qk >= 8) {
-                while (k + 2 <= rows.len) : (k += 2) {
-                    const n0 = if (k + lookahead < rows.len) at(data, row_bytes, rows[k + lookahead]) else at(data, row_bytes, rows[k]);
-                    const n1 = if (k + 1 + lookahead < rows.len) at(data, row_bytes, rows[k + 1 + lookahead]) else at(data, row_bytes, rows[k + 1]);
-                    const two = dot32Pair(t, true, at(data, row_bytes, rows[k]), at(data, row_bytes, rows[k + 1]), x, n / qk, n0, n1);
-                    y[k] = two[0];
-                    y[k + 1] = two[1];
+                if (n % (8 * qk) == 0) {
+                    k = gatheredPairs(t, false, lookahead, data, row_bytes, x, n / qk, rows, y);
+                } else {
+                    k = gatheredPairs(t, true, lookahead, data, row_bytes, x, n / qk, rows, y);
                 }
             }
             while (k < rows.len) : (k += 1) {
@@ -291,6 +310,22 @@ pub fn gatheredRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act
             y[k] = dotGathered(w, at(data, row_bytes, r), act, n);
         },
     }
+}
+
+/// gatheredRows' pairs: rows[0..] two at a time, each prefetching the row `lookahead` after it;
+/// returns how many it computed. `tail`: rows have blocks past their last whole batch.
+inline fn gatheredPairs(comptime t: DType, comptime tail: bool, comptime lookahead: usize, data: [*]const u8, row_bytes: usize, x: Q8Act, nb: usize, rows: []const u32, y: [*]f32) usize {
+    var k: usize = 0;
+    while (k + 2 <= rows.len) : (k += 2) {
+        const r0 = rows[k];
+        const r1 = rows[k + 1];
+        const n0 = if (k + lookahead < rows.len) rows[k + lookahead] else r0;
+        const n1 = if (k + 1 + lookahead < rows.len) rows[k + 1 + lookahead] else r1;
+        const two = dot32Pair(t, true, tail, data + @as(usize, r0) * row_bytes, data + @as(usize, r1) * row_bytes, x, nb, data + @as(usize, n0) * row_bytes, data + @as(usize, n1) * row_bytes);
+        y[k] = two[0];
+        y[k + 1] = two[1];
+    }
+    return k;
 }
 
 /// Asks for the `bytes` at `row` to be brought into the cache (one prefetch per 64-byte line).
@@ -404,7 +439,7 @@ const prefetch_batches = 32;
 /// threads, 10.8 -> 12.0 on 1; the whole 252 MB matrix-vector product: 24.1 -> 24.2 and 24.5 on 2,
 /// 12.9 -> 13.3 and 13.6 on 1. 7B-shape synthetic model, sessions alternating token by token:
 /// dense decode 1.045x and 1.017x, sparse 1.033x and 1.041x.
-inline fn dot32Pair(comptime w_type: DType, comptime prefetch_next: bool, row0: [*]const u8, row1: [*]const u8, x: Q8Act, nb: usize, next0: [*]const u8, next1: [*]const u8) [2]f32 {
+inline fn dot32Pair(comptime w_type: DType, comptime prefetch_next: bool, comptime tail: bool, row0: [*]const u8, row1: [*]const u8, x: Q8Act, nb: usize, next0: [*]const u8, next1: [*]const u8) [2]f32 {
     // Sixteen block dot products unrolled per batch: where the nibbles are split by generic vector
     // code (aarch64), their compile-time shuffle masks exceed the default evaluation quota.
     @setEvalBranchQuota(10_000);
@@ -448,18 +483,21 @@ inline fn dot32Pair(comptime w_type: DType, comptime prefetch_next: bool, row0: 
         }
     }
     // The blocks after the last whole batch, as dot32 takes them (four at a time into the four
-    // accumulators, then one at a time into the first), each row in its own order.
+    // accumulators, then one at a time into the first), each row in its own order. Compiled only
+    // where rows have such blocks, so the whole-batch kernel stays as it was.
     var tail0: f32 = 0;
     var tail1: f32 = 0;
-    while (b + 4 <= nb) : (b += 4) {
-        inline for (0..4) |j| {
-            tailBlock(w_type, row0, x, b + j, &acc0[j], &tail0);
-            tailBlock(w_type, row1, x, b + j, &acc1[j], &tail1);
+    if (tail) {
+        while (b + 4 <= nb) : (b += 4) {
+            inline for (0..4) |j| {
+                tailBlock(w_type, row0, x, b + j, &acc0[j], &tail0);
+                tailBlock(w_type, row1, x, b + j, &acc1[j], &tail1);
+            }
         }
-    }
-    while (b < nb) : (b += 1) {
-        tailBlock(w_type, row0, x, b, &acc0[0], &tail0);
-        tailBlock(w_type, row1, x, b, &acc1[0], &tail1);
+        while (b < nb) : (b += 1) {
+            tailBlock(w_type, row0, x, b, &acc0[0], &tail0);
+            tailBlock(w_type, row1, x, b, &acc1[0], &tail1);
+        }
     }
     return .{
         @reduce(.Add, (acc0[0] + acc0[1]) + (acc0[2] + acc0[3])) + offset_scale * @reduce(.Add, off0) + tail0,
