@@ -6,7 +6,8 @@ const Model = @import("model.zig").Model;
 const Backend = @import("backend.zig").Backend;
 const ThreadPool = @import("thread_pool.zig").ThreadPool;
 const api = @import("backend_api");
-const DType = @import("kernels").DType;
+const kernels = @import("kernels");
+const DType = kernels.DType;
 const ErrorSink = @import("../status.zig").ErrorSink;
 const sparse_ffn = @import("../sparse/sparse_ffn.zig");
 const SparseModel = @import("../sparse/sparse_model.zig").SparseModel;
@@ -26,6 +27,8 @@ pub const SessionOptions = extern struct {
 };
 
 pub const flag_all_logits: u32 = 1;
+/// Most position ranges one decoded token's attention is split into (forward.zig's attentionRanges).
+pub const max_attention_ranges = 16;
 /// Bit 1: keep keys and values in f16 (half the memory and the attention reads) instead of f32.
 pub const flag_kv_f16: u32 = 2;
 
@@ -112,6 +115,10 @@ pub const Session = struct {
     /// Attention scores, one row of n_ctx per query head of a kv group, per thread:
     /// (thread, n_heads / n_kv_heads, n_ctx)
     scores: []f32,
+    /// One decoded token's attention split over position ranges: each (kv head, range)'s unnormalized
+    /// output, (n_kv_heads, ranges, group, head_dim), and its max and sum per query head.
+    att_ranges_out: []f32,
+    att_ranges: []kernels.attention.Partial,
     /// RoPE cos/sin of each batch position (ops.ropeAngles), computed once per eval for all layers:
     /// (batch, head_dim)
     rope_angles: []f32,
@@ -149,6 +156,8 @@ pub const Session = struct {
         const kv_f16 = opts.flags & flag_kv_f16 != 0;
         const kv = allocKv(allocator, kv_elems, kv_f16) orelse return fail(status_out, oom(sink, kv_elems * @as(usize, if (kv_f16) 4 else 8)));
         errdefer freeKv(allocator, kv);
+        const att_ranges = allocator.alloc(kernels.attention.Partial, max_attention_ranges * hp.n_heads) catch return fail(status_out, oom(sink, 0));
+        errdefer allocator.free(att_ranges);
         var arena = Allocs{ .allocator = allocator };
         errdefer arena.freeAll();
         const all_logits = opts.flags & flag_all_logits != 0;
@@ -173,6 +182,8 @@ pub const Session = struct {
             .act_stride = act_stride,
             .scores = arena.floats(@as(usize, opts.n_threads) * opts.n_ctx * (hp.n_heads / hp.n_kv_heads)) orelse return fail(status_out, oom(sink, 0)),
             .rope_angles = arena.floats(b * hp.head_dim) orelse return fail(status_out, oom(sink, 0)),
+            .att_ranges_out = arena.floats(max_attention_ranges * hp.qDim()) orelse return fail(status_out, oom(sink, 0)),
+            .att_ranges = att_ranges,
             .tokens = arena.words(b) orelse return fail(status_out, oom(sink, 0)),
             .logits = arena.floats(hp.vocab_size * (if (all_logits) b else 1)) orelse return fail(status_out, oom(sink, 0)),
         };
@@ -245,6 +256,8 @@ pub const Session = struct {
         a.free(self.act);
         a.free(self.scores);
         a.free(self.rope_angles);
+        a.free(self.att_ranges_out);
+        a.free(self.att_ranges);
         a.free(self.tokens);
         a.free(self.logits);
         _ = self.model.sessions.fetchSub(1, .acq_rel);
@@ -254,7 +267,8 @@ pub const Session = struct {
     /// Bytes this session allocated (KV cache and scratch), for memory reports.
     pub fn allocatedBytes(self: *const Session) usize {
         var n: usize = self.kv.bytes();
-        inline for (.{ "x", "xb", "q", "k", "v", "att_out", "hb", "hb2", "scores", "rope_angles", "logits" }) |f| n += @field(self, f).len * 4;
+        inline for (.{ "x", "xb", "q", "k", "v", "att_out", "hb", "hb2", "scores", "rope_angles", "att_ranges_out", "logits" }) |f| n += @field(self, f).len * 4;
+        n += self.att_ranges.len * @sizeOf(kernels.attention.Partial);
         return n + self.act.len + self.tokens.len * 4;
     }
 };

@@ -27,8 +27,52 @@ pub fn attendGroup(comptime T: type, q: []const f32, keys: []const T, values: []
     std.debug.assert(q.len >= group * hd and keys.len >= n_pos * hd and values.len >= n_pos * hd);
     std.debug.assert(score_stride >= n_pos and scores.len >= group * score_stride and out.len >= group * hd);
     if (hd % lanes != 0) return attendReference(T, q, keys, values, n_pos, hd, group, scale, scores, score_stride, out);
+    computeScores(T, q, keys, n_pos, hd, group, scale, scores, score_stride);
+    for (0..group) |g| ops.softmax(scores[g * score_stride ..][0..n_pos]);
+    addAllValues(T, values, n_pos, hd, group, scores, score_stride, out);
+}
 
-    // Scores, 8 positions at a time for every head.
+/// What one range of positions contributes to a query head: the largest score `max`, the sum of
+/// e^(score - max) over the range, `sum`.
+pub const Partial = struct { max: f32, sum: f64 };
+
+/// attendGroup over one range of positions (keys and values start at the range's first), left
+/// unnormalized so that ranges computed apart can be merged (`mergePartials`): out[g] = sum over the
+/// range of e^(score - max_g) * value, and parts[g] = {max_g, sum of e^(score - max_g)}. Head sizes
+/// must be a multiple of 8.
+pub fn attendGroupPartial(comptime T: type, q: []const f32, keys: []const T, values: []const T, n_pos: usize, hd: usize, group: usize, scale: f32, scores: []f32, score_stride: usize, out: []f32, parts: []Partial) void {
+    std.debug.assert(hd % lanes == 0 and n_pos > 0 and parts.len >= group);
+    computeScores(T, q, keys, n_pos, hd, group, scale, scores, score_stride);
+    for (0..group) |g| {
+        const r = ops.expShifted(scores[g * score_stride ..][0..n_pos]);
+        parts[g] = .{ .max = r.max, .sum = r.sum };
+    }
+    addAllValues(T, values, n_pos, hd, group, scores, score_stride, out);
+}
+
+/// out[g] = the attention of head g over every range: sum_r e^(max_r - M) out_r / sum_r e^(max_r - M)
+/// sum_r, where M is the largest max_r. `outs` holds `n_ranges` results of `group * hd` floats, and
+/// `parts` their `group` Partials each, range after range.
+pub fn mergePartials(outs: []const f32, parts: []const Partial, n_ranges: usize, hd: usize, group: usize, out: []f32) void {
+    for (0..group) |g| {
+        var m: f32 = -std.math.inf(f32);
+        for (0..n_ranges) |r| m = @max(m, parts[r * group + g].max);
+        var total: f64 = 0;
+        const o = out[g * hd ..][0..hd];
+        @memset(o, 0);
+        for (0..n_ranges) |r| {
+            const pr = parts[r * group + g];
+            const w: f32 = @exp(pr.max - m);
+            total += @as(f64, w) * pr.sum;
+            for (o, outs[(r * group + g) * hd ..][0..hd]) |*e, v| e.* += w * v;
+        }
+        const inv: f32 = @floatCast(1.0 / total);
+        for (o) |*e| e.* *= inv;
+    }
+}
+
+/// scores[g * score_stride + p] = scale * q_g . key p, 8 positions at a time for every head.
+fn computeScores(comptime T: type, q: []const f32, keys: []const T, n_pos: usize, hd: usize, group: usize, scale: f32, scores: []f32, score_stride: usize) void {
     var p: usize = 0;
     while (p + block <= n_pos) : (p += block) {
         const k = keys[p * hd ..][0 .. block * hd];
@@ -46,12 +90,13 @@ pub fn attendGroup(comptime T: type, q: []const f32, keys: []const T, values: []
     for (p..n_pos) |t| {
         for (0..group) |g| scores[g * score_stride + t] = dotRow(T, q[g * hd ..][0..hd], keys[t * hd ..][0..hd]) * scale;
     }
-    for (0..group) |g| ops.softmax(scores[g * score_stride ..][0..n_pos]);
+}
 
-    // Values: per block of positions (read from memory once), 64 columns and head, the output in
-    // registers across the block.
+/// out[g] = sum_p scores[g][p] * value p. Per block of positions (read from memory once), 64 columns
+/// and head, the output in registers across the block.
+fn addAllValues(comptime T: type, values: []const T, n_pos: usize, hd: usize, group: usize, scores: []const f32, score_stride: usize, out: []f32) void {
     @memset(out[0 .. group * hd], 0);
-    p = 0;
+    var p: usize = 0;
     while (p < n_pos) : (p += block) {
         const n = @min(block, n_pos - p);
         var c0: usize = 0;
@@ -184,6 +229,44 @@ fn expectMatchesReference(comptime T: type) !void {
                     for (s1[g * stride ..][0..n_pos], s2[g * stride ..][0..n_pos]) |a, b| try std.testing.expectApproxEqAbs(b, a, 1e-5);
                 }
             }
+        }
+    }
+}
+
+test "attention split over position ranges and merged matches the scalar reference" {
+    const gpa = std.testing.allocator;
+    var prng = std.Random.DefaultPrng.init(23);
+    const rng = prng.random();
+    const hd = 64;
+    const group = 3;
+    for ([_]usize{ 9, 300, 1100 }) |n_pos| {
+        for ([_]usize{ 1, 2, 3, 5 }) |n_ranges| {
+            const q = try gpa.alloc(f32, group * hd);
+            defer gpa.free(q);
+            const k = try gpa.alloc(f16, n_pos * hd);
+            defer gpa.free(k);
+            const v = try gpa.alloc(f16, n_pos * hd);
+            defer gpa.free(v);
+            for (q) |*e| e.* = rng.floatNorm(f32);
+            for (k) |*e| e.* = @floatCast(rng.floatNorm(f32) * 2);
+            for (v) |*e| e.* = @floatCast(rng.floatNorm(f32));
+            const scores = try gpa.alloc(f32, group * n_pos);
+            defer gpa.free(scores);
+            const outs = try gpa.alloc(f32, n_ranges * group * hd);
+            defer gpa.free(outs);
+            const parts = try gpa.alloc(Partial, n_ranges * group);
+            defer gpa.free(parts);
+            const scale = 1.0 / @sqrt(@as(f32, hd));
+            for (0..n_ranges) |r| {
+                const a = n_pos * r / n_ranges;
+                const b = n_pos * (r + 1) / n_ranges;
+                attendGroupPartial(f16, q, k[a * hd ..], v[a * hd ..], b - a, hd, group, scale, scores, n_pos, outs[r * group * hd ..], parts[r * group ..]);
+            }
+            var got: [group * hd]f32 = undefined;
+            mergePartials(outs, parts, n_ranges, hd, group, &got);
+            var want: [group * hd]f32 = undefined;
+            attendReference(f16, q, k, v, n_pos, hd, group, scale, scores, n_pos, &want);
+            for (got, want) |a, b| try std.testing.expectApproxEqAbs(b, a, 1e-4 * (@abs(b) + 1));
         }
     }
 }

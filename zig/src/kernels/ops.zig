@@ -99,6 +99,16 @@ pub fn axpy(out: []f32, a: f32, v: []const f32) void {
 /// context called libm's scalar exp once per cached position and query head, which at 8192 positions
 /// took about a fifth of the attention kernel's time (bench/kernels_bench.ts).
 pub fn softmax(x: []f32) void {
+    const sum = expShifted(x).sum;
+    const inv: V = @splat(@as(f32, @floatCast(1.0 / sum)));
+    var i: usize = 0;
+    while (i + lanes <= x.len) : (i += lanes) x[i..][0..lanes].* = @as(V, x[i..][0..lanes].*) * inv;
+    while (i < x.len) : (i += 1) x[i] *= inv[0];
+}
+
+/// x[i] <- e^(x[i] - max(x)): softmax before its normalization. Returns the max and the sum of the
+/// exponentials (in f64), which attention split over position ranges needs to merge the ranges.
+pub fn expShifted(x: []f32) struct { max: f32, sum: f64 } {
     var max: f32 = -std.math.inf(f32);
     for (x) |v| max = @max(max, v);
     const m: V = @splat(max);
@@ -115,10 +125,7 @@ pub fn softmax(x: []f32) void {
         x[i] = @exp(x[i] - max);
         sum += x[i];
     }
-    const inv: V = @splat(@as(f32, @floatCast(1.0 / sum)));
-    i = 0;
-    while (i + lanes <= x.len) : (i += lanes) x[i..][0..lanes].* = @as(V, x[i..][0..lanes].*) * inv;
-    while (i < x.len) : (i += 1) x[i] *= inv[0];
+    return .{ .max = max, .sum = sum };
 }
 
 /// e^x for each lane, within 2 ulp of f32 exp for x in [-87, 88] (0 below, where f32 exp is
