@@ -212,10 +212,10 @@ const positions_per_range = 512;
 /// positions, at most `max_attention_ranges`; 1 for batches (their tokens already make many items)
 /// and for head sizes the split kernel does not take. With one item per kv head, a model with fewer
 /// kv heads than threads, or a count that does not divide among them (SmolLM2-135M: 3 on 2 threads),
-/// left threads idle for much of a long context's attention, and each item's scores outgrew L1.
-/// SmolLM2-135M with ranges, against without, token by token in one process (f16 cache): 1.47x and
-/// 1.35x at positions 4000-4064 (the two load orders), 1.24x at 1024-1088. The count depends on the
-/// position alone, not on the thread count, so the logits stay the same for any number of threads.
+/// left threads idle for part of a long context's attention. SmolLM2-135M with ranges, against the
+/// same build without, token by token in one process (f16 cache): 1.053x and 1.082x at positions
+/// 4000-4064 (the two load orders), 1.014x at 1024-1088. The count depends on the position alone,
+/// not on the thread count, so the logits stay the same for any number of threads.
 fn attentionRanges(n_tokens: usize, n_pos: usize, hd: usize) usize {
     if (n_tokens != 1 or hd % 8 != 0) return 1;
     return @min(max_attention_ranges, (n_pos + positions_per_range - 1) / positions_per_range);
