@@ -167,7 +167,9 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
                         // blocks), two rows at a time like long rows, prefetched as short rows are.
                         // Kernel bench, 256 MB of 576-column rows, medians against one row at a time:
                         // Q4_1 6.1 -> 7.5 GB/s on 1 thread, 12.8 -> 14.3 on 2; Q8_0 (its tied
-                        // classifier) 10.5 -> 13.9 and 20.9 -> 23.6. SmolLM2 decode 1.08-1.10x.
+                        // classifier) 10.5 -> 13.9 and 20.9 -> 23.6. SmolLM2-135M decode against the
+                        // same tree without it, in one process: 0.964x and 1.013x (the two load
+                        // orders), within noise.
                         first = pairedRowsWithTail(t, data, row_bytes, x, n / qk, y, first, end, end_bytes);
                     }
                 }
