@@ -123,6 +123,15 @@ for (const row of rows) {
   });
 }
 
+/**
+ * A sparse token's time by phase: the FFN's own counters (mean over every token the session ran,
+ * warm-up included), and the rest of the median token (attention, projections, classifier).
+ */
+function phaseSplit(ms: { select: number; rows: number; down: number }, tokenMs: number): string {
+  const rest = tokenMs - ms.select - ms.rows - ms.down;
+  return [ms.select, ms.rows, ms.down, rest].map((v) => v.toFixed(1)).join("/");
+}
+
 // Bytes every token reads whatever the FFN does: attention matrices and the classifier (the
 // embedding table is read one row per token).
 const tensors = [...model.gguf.tensors.values()];
@@ -147,6 +156,7 @@ table(
     "FFN MB/token",
     "all MB/token",
     "bound tok/s",
+    "ms/token: select/rows/down/rest",
   ],
   () => {
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -170,6 +180,7 @@ table(
         (ffnBytes / 1e6).toFixed(1),
         (all / 1e6).toFixed(1),
         ((bandwidth * 1e9) / all).toFixed(2),
+        stats ? phaseSplit(stats.msPerToken, 1000 / tps) : "-",
       ];
     });
     out.push([
@@ -184,6 +195,7 @@ table(
       (denseFfn / 1e6).toFixed(1),
       ((nonFfn + denseFfn) / 1e6).toFixed(1),
       ((bandwidth * 1e9) / (nonFfn + denseFfn)).toFixed(2),
+      "-",
     ]);
     return out;
   },

@@ -309,8 +309,16 @@ export function sparseStatsLine(stats: SparseStats, sparse: SparseOptions, bytes
   const line = `sparrow: sparse ${what} | sparsity ${f(stats.sparsity, 3)} | recall ${recall} | ${
     f(stats.candidatesPerActive, 2)
   } candidates/active | FFN ${f(bytesPerToken / 1e6, 2)} MB/token`;
-  if (sparse.bundles === undefined) return line;
-  return `${line} | cache hit rate ${f(stats.hitRate, 3)} (hot ${f(stats.hotHitRate, 3)}) | read ${
-    f(stats.readBytesPerToken / 1e6, 2)
-  } MB/token | I/O stall ${f(stats.ioStallMsPerToken, 1)} ms/token`;
+  const ms = stats.msPerToken;
+  const verify = ms.verify > 0 ? ` (+ ${f(ms.verify, 1)} verifying recall)` : "";
+  if (sparse.bundles === undefined) {
+    return `${line} | FFN time select ${f(ms.select, 1)} + rows ${f(ms.rows, 1)} + down ${
+      f(ms.down, 1)
+    } ms/token${verify}`;
+  }
+  return `${line} | FFN time select ${f(ms.select, 1)} + pipeline ${f(ms.rows, 1)} ms/token${verify} | cache hit rate ${
+    f(stats.hitRate, 3)
+  } (hot ${f(stats.hotHitRate, 3)}) | read ${f(stats.readBytesPerToken / 1e6, 2)} MB/token | I/O stall ${
+    f(stats.ioStallMsPerToken, 1)
+  } ms/token`;
 }

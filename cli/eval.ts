@@ -58,6 +58,7 @@ export function evaluationTable(r: SparsityEvaluation): string {
     "ppl",
     "tok/s",
     "speed-up",
+    "FFN ms sel/rows/down",
   ];
   const rows = r.points.map((p) => [
     p.mode === "dense" ? "0" : p.target === undefined ? (r.activation === "swiglu" ? "-" : "nat") : p.target.toFixed(2),
@@ -71,6 +72,9 @@ export function evaluationTable(r: SparsityEvaluation): string {
     f(p.perplexity, 3),
     f(p.tokensPerSecond, 1),
     f(p.speedup, 2) + (Number.isFinite(p.speedup) ? "x" : ""),
+    Number.isFinite(p.ffnMsPerToken.rows)
+      ? [p.ffnMsPerToken.select, p.ffnMsPerToken.rows, p.ffnMsPerToken.down].map((v) => v.toFixed(1)).join("/")
+      : "-",
   ]);
   const widths = cols.map((c, i) => Math.max(c.length, ...rows.map((row) => row[i].length)));
   const line = (row: string[]) => row.map((v, i) => (i === 1 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join("  ");

@@ -92,6 +92,12 @@ export interface SparsityPoint {
   perplexity: number;
   /** Greedy decode speed, tokens per second (NaN when not timed). */
   tokensPerSecond: number;
+  /**
+   * Where the timed decode's FFN time went, mean milliseconds per token over all layers and runs:
+   * choosing candidates, their gate/up rows (offloaded: the whole read-and-compute pipeline), the
+   * down columns. NaN for dense or when not timed.
+   */
+  ffnMsPerToken: { select: number; rows: number; down: number; verify: number };
   /** tokensPerSecond / the dense one. */
   speedup: number;
 }
@@ -374,6 +380,8 @@ export async function evaluateSparsity(
     const prompt = windows[0].slice(0, Math.min(8, windows[0].length));
     const timed = configs.some((c) => c.mode === "dense") ? configs : [...configs, { mode: "dense" as const }];
     const speeds = timed.map(() => (decodeTokens === 0 ? NaN : 0));
+    const untimed = { select: NaN, rows: NaN, down: NaN, verify: NaN };
+    const phases = timed.map(() => untimed);
     if (decodeTokens > 0) {
       const speedSessions: Session[] = [];
       try {
@@ -389,6 +397,9 @@ export async function evaluateSparsity(
             o.onProgress?.("speed", r * timed.length + k + 1, decodeRuns * timed.length);
           }
         }
+        timed.forEach((c, k) => {
+          if (c.mode !== "dense") phases[k] = speedSessions[k].sparseStats().msPerToken;
+        });
       } finally {
         for (const s of speedSessions) s.close();
       }
@@ -410,6 +421,7 @@ export async function evaluateSparsity(
         top1: acc[k].agree / scored,
         perplexity: Math.exp(acc[k].nll / scored),
         tokensPerSecond: speeds[k],
+        ffnMsPerToken: phases[k],
         speedup: speeds[k] / denseSpeed,
       };
     });

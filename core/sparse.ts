@@ -16,7 +16,7 @@ import { hotFirstOrder } from "./neuron_order.ts";
 import type { BundleFile } from "./bundle_format.ts";
 
 /** Layout of the structs below; checked against the library (`sp_sparse_layout`). */
-const layout = { version: 2, desc: 16, layerDesc: 352, config: 16, statsFields: 13 } as const;
+const layout = { version: 2, desc: 16, layerDesc: 352, config: 16, statsFields: 17 } as const;
 /** Layout of the offload description (zig/src/offload/offload_desc.zig). */
 const offloadLayout = { version: 2, desc: 56, layerDesc: 24 } as const;
 
@@ -357,6 +357,17 @@ export interface LayerSparseStats {
   readBytes: number;
   /** Offloaded FFNs: nanoseconds spent waiting on reads while no thread computed. */
   ioStallNs: number;
+  /** Nanoseconds choosing the candidates: predictor (or whole gate in oracle mode) and selection. */
+  selectNs: number;
+  /**
+   * Nanoseconds computing the candidates' gate and up rows; offloaded FFNs: the whole pipeline of
+   * reads and compute, down columns included.
+   */
+  rowsNs: number;
+  /** Nanoseconds summing the active neurons' down columns (in memory; 0 when offloaded). */
+  downNs: number;
+  /** Nanoseconds of verified tokens' extra work: the whole gate and its scan, for recall. */
+  verifyNs: number;
 }
 
 /** Summary over layers. */
@@ -379,6 +390,11 @@ export interface SparseStats {
   readBytesPerToken: number;
   /** Offloaded FFNs: mean milliseconds per token spent waiting on reads with no thread computing. */
   ioStallMsPerToken: number;
+  /**
+   * Mean milliseconds per token, all layers, of the FFN's phases (see {@link LayerSparseStats});
+   * `verify` is what measuring recall added, outside the other three.
+   */
+  msPerToken: { select: number; rows: number; down: number; verify: number };
 }
 
 /** Decodes the flat counters of `sp_session_sparse_stats`. */
@@ -400,6 +416,10 @@ export function summarizeSparseStats(flat: BigUint64Array, nLayers: number, ffnD
       misses: v[10],
       readBytes: v[11],
       ioStallNs: v[12],
+      selectNs: v[13],
+      rowsNs: v[14],
+      downNs: v[15],
+      verifyNs: v[16],
     });
   }
   const sum = (f: (s: LayerSparseStats) => number) => layers.reduce((a, s) => a + f(s), 0);
@@ -416,6 +436,12 @@ export function summarizeSparseStats(flat: BigUint64Array, nLayers: number, ffnD
     hotHitRate: lookups ? sum((s) => s.hotHits) / lookups : NaN,
     readBytesPerToken: tokens ? sum((s) => s.readBytes) / tokens : NaN,
     ioStallMsPerToken: tokens ? sum((s) => s.ioStallNs) / 1e6 / tokens : NaN,
+    msPerToken: {
+      select: tokens ? sum((s) => s.selectNs) / 1e6 / tokens : NaN,
+      rows: tokens ? sum((s) => s.rowsNs) / 1e6 / tokens : NaN,
+      down: tokens ? sum((s) => s.downNs) / 1e6 / tokens : NaN,
+      verify: tokens ? sum((s) => s.verifyNs) / 1e6 / tokens : NaN,
+    },
   };
 }
 

@@ -162,6 +162,9 @@ Deno.test("offloaded sparse FFNs", async (t) => {
         const st = s.sparseStats();
         assert.ok(st.readBytesPerToken > 0, "a small cache reads from disk");
         assert.ok(st.hitRate > 0 && st.hitRate < 1, `hit rate ${st.hitRate}`);
+        // Offloaded, the down columns are summed inside the pipeline: its time counts as rows.
+        assert.ok(st.msPerToken.select > 0 && st.msPerToken.rows > 0, JSON.stringify(st.msPerToken));
+        assert.equal(st.msPerToken.down, 0);
       } finally {
         small.model.close();
       }

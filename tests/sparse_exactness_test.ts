@@ -62,7 +62,9 @@ for (const c of cases) {
         sparse: { mode: "oracle", batches: true, verifyEvery: 1, downType: c.downType },
       });
       const want = await dense.evaluate(tokens);
+      const t0 = performance.now();
       const got = await sparse.evaluate(tokens);
+      const wallMs = performance.now() - t0;
       const quantized = c.weightType !== "f32" && c.weightType !== "f16";
       const oracle = quantized ? referenceForward(path, tokens) : undefined;
       let worst = 0;
@@ -83,6 +85,11 @@ for (const c of cases) {
       // sparsity is a real fraction (random weights: roughly half the gates are negative).
       assert.equal(stats.recall, 1);
       assert.ok(stats.sparsity > 0.2 && stats.sparsity < 0.95, `sparsity ${stats.sparsity}`);
+      // Every phase of an in-memory sparse FFN is timed, and the phases fit inside the call.
+      const ms = stats.msPerToken;
+      assert.ok(ms.select > 0 && ms.rows > 0 && ms.down > 0 && ms.verify > 0, `phase times ${JSON.stringify(ms)}`);
+      const phasesMs = (ms.select + ms.rows + ms.down + ms.verify) * tokens.length;
+      assert.ok(phasesMs <= wallMs, `phases ${JSON.stringify(ms)} ms/token, call ${wallMs} ms`);
       // Decode (one token at a time) takes the same path.
       sparse.reset();
       dense.reset();

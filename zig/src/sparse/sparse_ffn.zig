@@ -10,8 +10,9 @@
 //!    one column range per thread (down_order.zig: the order makes the offloaded path, and any
 //!    thread count, give bitwise the same y).
 //!
-//! Statistics per layer: candidates, active neurons, clusters, bytes read; and, on every
-//! `verify_every`-th token, the true active set (the whole gate computed) for predictor recall.
+//! Statistics per layer: candidates, active neurons, clusters, bytes read, the time of steps 1-2, 3
+//! and 4; and, on every `verify_every`-th token, the true active set (the whole gate computed) for
+//! predictor recall.
 const std = @import("std");
 const kernels = @import("kernels");
 const DType = kernels.DType;
@@ -59,6 +60,14 @@ pub const LayerStats = extern struct {
     misses: u64 = 0,
     read_bytes: u64 = 0,
     io_stall_ns: u64 = 0,
+    /// Wall-clock nanoseconds of the token's phases (see `sparseFfn`): choosing the candidates
+    /// (predictor or whole gate, the scan into clusters); their gate and up rows (offloaded: the
+    /// whole read-and-compute pipeline, down columns included); the down columns (in memory only);
+    /// and, on verified tokens, the whole gate and its scan that only measure recall.
+    select_ns: u64 = 0,
+    rows_ns: u64 = 0,
+    down_ns: u64 = 0,
+    verify_ns: u64 = 0,
 };
 
 pub const stats_fields = @typeInfo(LayerStats).@"struct".fields.len;
@@ -140,6 +149,16 @@ const Job = struct {
     }
 };
 
+/// The monotonic clock of the phase counters; null where there is none (they then stay 0). A read
+/// costs ~20 ns, 4 per layer and token.
+inline fn clock() ?std.time.Instant {
+    return std.time.Instant.now() catch null;
+}
+
+inline fn elapsed(from: ?std.time.Instant, to: ?std.time.Instant) u64 {
+    return if (from != null and to != null) to.?.since(from.?) else 0;
+}
+
 /// Appends hot-first position `k` to the selection.
 inline fn select(sc: *Scratch, perm: []const u32, n_sel: *usize, k: usize) void {
     sc.sel_perm[n_sel.*] = @intCast(k);
@@ -190,6 +209,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     const mode: Mode = @enumFromInt(cfg.mode);
     const use_predictor = mode == .predictor and ls.predictor != null;
     st.tokens += 1;
+    const t_start = clock();
     const verify = cfg.verify_every != 0 and (st.tokens % cfg.verify_every == 0);
 
     // 1. candidates
@@ -207,9 +227,13 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         bytes += p.fc1.row_bytes * p.fc1.n_rows + p.fc2.row_bytes * p.fc2.n_rows;
     }
     const gate_known = !use_predictor;
+    // Time spent only to measure recall (the whole gate beside the predictor, and its scan below).
+    var verify_ns: u64 = 0;
     if (gate_known or verify) {
+        const t_gate = clock();
         dense.matvec(s, &layer.ffn_gate, x, if (gate_known) sc.scores else sc.truth);
         bytes += layer.ffn_gate.row_bytes * ffn;
+        if (!gate_known) verify_ns += elapsed(t_gate, clock());
     }
 
     // 2. selection in hot-first order, grouped into clusters of `cluster_size` selected neurons
@@ -249,6 +273,8 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     const n_clusters = (n_sel + k_size - 1) / k_size;
     for (0..n_clusters + 1) |c| sc.cluster_start[c] = @intCast(@min(c * k_size, n_sel));
     if (verify) {
+        const t_truth = clock();
+        defer verify_ns += elapsed(t_truth, clock());
         // Ground truth: neurons the whole gate says fire (for dReLU, the up sign is not known
         // without computing up for every neuron, so recall is measured against the gate).
         var true_active: u64 = 0;
@@ -262,6 +288,10 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         st.true_active += true_active;
         st.true_positive += hit;
     }
+
+    const t_selected = clock();
+    st.select_ns += elapsed(t_start, t_selected) -| verify_ns;
+    st.verify_ns += verify_ns;
 
     // 3-4. clusters on the pool, then the down columns (in memory), or the I/O-compute pipeline
     // (offloaded), into y
@@ -286,6 +316,7 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
         st.misses += io.misses;
         st.read_bytes += io.read_bytes;
         st.io_stall_ns += io.stall_ns;
+        st.rows_ns += elapsed(t_selected, clock());
         if (status != .ok) return status;
         // Per active neuron, the down column's bytes (a slot's row stride also spans gate and up).
         down_row_bytes = @as(DType, @enumFromInt(o.down.dtype)).rowBytes(hp.dim).?;
@@ -302,10 +333,13 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
             std.mem.copyForwards(f32, sc.g[n_active..][0..n], sc.g[a..][0..n]);
             n_active += n;
         }
+        const t_rows = clock();
+        st.rows_ns += elapsed(t_selected, t_rows);
         const n_chunks = down_order.chunkCount(s.pool.threadCount());
         var down = down_order.WholeJob{ .backend = &s.backend, .down = &ls_store.down_t, .rows = sc.sel_perm[0..n_active], .coeffs = sc.g.ptr, .y = sc.y.ptr, .dim = hp.dim, .n_chunks = n_chunks };
         if (n_active > 0) s.pool.run(&down, down_order.WholeJob.run, n_chunks, 1);
         down_row_bytes = ls_store.down_t.row_bytes;
+        st.down_ns += elapsed(t_rows, clock());
     }
     @memcpy(out, sc.y);
 
