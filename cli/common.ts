@@ -310,13 +310,13 @@ export function sparseStatsLine(stats: SparseStats, sparse: SparseOptions, bytes
     f(stats.candidatesPerActive, 2)
   } candidates/active | FFN ${f(bytesPerToken / 1e6, 2)} MB/token`;
   const ms = stats.msPerToken;
-  const verify = ms.verify > 0 ? ` (+ ${f(ms.verify, 1)} verifying recall)` : "";
+  const verify = ms.verify > 0 ? ` (+ ${f(ms.verify, 2)} verifying recall)` : "";
   if (sparse.bundles === undefined) {
-    return `${line} | FFN time select ${f(ms.select, 1)} + rows ${f(ms.rows, 1)} + down ${
-      f(ms.down, 1)
+    return `${line} | FFN time select ${f(ms.select, 2)} + rows ${f(ms.rows, 2)} + down ${
+      f(ms.down, 2)
     } ms/token${verify}`;
   }
-  return `${line} | FFN time select ${f(ms.select, 1)} + pipeline ${f(ms.rows, 1)} ms/token${verify} | cache hit rate ${
+  return `${line} | FFN time select ${f(ms.select, 2)} + pipeline ${f(ms.rows, 2)} ms/token${verify} | cache hit rate ${
     f(stats.hitRate, 3)
   } (hot ${f(stats.hotHitRate, 3)}) | read ${f(stats.readBytesPerToken / 1e6, 2)} MB/token | I/O stall ${
     f(stats.ioStallMsPerToken, 1)

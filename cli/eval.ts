@@ -73,7 +73,7 @@ export function evaluationTable(r: SparsityEvaluation): string {
     f(p.tokensPerSecond, 1),
     f(p.speedup, 2) + (Number.isFinite(p.speedup) ? "x" : ""),
     Number.isFinite(p.ffnMsPerToken.rows)
-      ? [p.ffnMsPerToken.select, p.ffnMsPerToken.rows, p.ffnMsPerToken.down].map((v) => v.toFixed(1)).join("/")
+      ? [p.ffnMsPerToken.select, p.ffnMsPerToken.rows, p.ffnMsPerToken.down].map((v) => v.toFixed(2)).join("/")
       : "-",
   ]);
   const widths = cols.map((c, i) => Math.max(c.length, ...rows.map((row) => row[i].length)));

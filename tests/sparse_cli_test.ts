@@ -41,8 +41,11 @@ Deno.test("sparrow calibrate, eval and generate --sparse on a tiny model", async
     assert.match(rows[0], /\(swiglu\) \| 32 self-sampled tokens, teacher-forced \| dense ppl [\d.]+/);
     assert.match(
       rows[1],
-      /target\s+mode\s+sparsity\s+recall\s+cand\/act\s+FFN MB\/tok\s+KL\s+top-1\s+ppl\s+tok\/s\s+speed-up/,
+      /target\s+mode\s+sparsity\s+recall\s+cand\/act\s+FFN MB\/tok\s+KL\s+top-1\s+ppl\s+tok\/s\s+speed-up\s+FFN ms sel\/rows\/down$/,
     );
+    // Sparse rows end with where their timed decode's FFN time went; dense has no such split.
+    assert.match(rows[2], / -$/);
+    for (const row of rows.slice(3)) assert.match(row, / \d+\.\d\d\/\d+\.\d\d\/\d+\.\d\d$/);
     assert.deepEqual(rows.slice(2).map((r) => r.trim().split(/\s+/).slice(0, 2).join(" ")), [
       "0 dense",
       "0.30 oracle",
@@ -90,7 +93,7 @@ Deno.test("sparrow calibrate, eval and generate --sparse on a tiny model", async
     assert.match(lines.at(-2)!, /decode \d+ tok in/);
     assert.match(
       lines.at(-1)!,
-      /^sparrow: sparse predictor 0\.5 \| sparsity 0\.\d{3} \| recall (0\.\d{3}|1\.000) \| \d+\.\d\d candidates\/active \| FFN \d+\.\d\d MB\/token$/,
+      /^sparrow: sparse predictor 0\.5 \| sparsity 0\.\d{3} \| recall (0\.\d{3}|1\.000) \| \d+\.\d\d candidates\/active \| FFN \d+\.\d\d MB\/token \| FFN time select \d+\.\d\d \+ rows \d+\.\d\d \+ down \d+\.\d\d ms\/token \(\+ \d+\.\d\d verifying recall\)$/,
     );
     const oracle = await runCli(["generate", ...common, "--prompt", "a b c", "-n", "4", "--sparse", "oracle"]);
     assert.equal(oracle.code, 0, oracle.stderr);
