@@ -95,7 +95,8 @@ export interface SparsityPoint {
   /**
    * Where the timed decode's FFN time went, mean milliseconds per token over all layers and runs:
    * choosing candidates, their gate/up rows (offloaded: the whole read-and-compute pipeline), the
-   * down columns. NaN for dense or when not timed.
+   * down columns, and recall verification (0: timed runs do not verify). NaN for dense or when not
+   * timed.
    */
   ffnMsPerToken: { select: number; rows: number; down: number; verify: number };
   /** tokensPerSecond / the dense one. */
