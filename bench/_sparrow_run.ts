@@ -78,6 +78,9 @@ async function main(spec: SparrowRunSpec): Promise<SparrowRunResult | SparrowPro
     contextLength: runContextLength,
     batchSize: runBatchSize,
     kvType: runKvType,
+    // Offloaded FFNs (and the probe that plans them) need the weights mapped; the others copy them
+    // when they fit, as the CLI does.
+    weights: spec.mode === "offload" || spec.mode === "probe" ? "map" : "auto",
   });
   if (spec.mode === "probe") {
     // prepareOffload fingerprints the model (17 MiB of it read into memory) before it measures.

@@ -108,7 +108,7 @@ export async function chatCommand(args: string[]): Promise<void> {
         if (ev.type === "done") {
           await Deno.stdout.write(enc.encode("\n"));
           if (p.values.stats) {
-            note(statsLine(ev.stats, loadMs, model.defaults.threads));
+            note(statsLine(ev.stats, loadMs, model.defaults.threads, model.info.weights));
             if (sparse) {
               const stats = session.sparseStats(true);
               note(sparseStatsLine(stats, sparse, ffnBytesPerToken(model, stats, sparse.mode)));

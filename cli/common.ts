@@ -11,7 +11,7 @@ import type { SamplerOptions } from "../core/sampler.ts";
 import { Progress } from "./progress.ts";
 import type { DownType, SparseMode, SparseOptions, SparseStats } from "../core/sparse.ts";
 import type { IoMethod } from "../core/io_ring.ts";
-import { parseBytes } from "../core/memory_budget.ts";
+import { availableMemoryBytes, parseBytes } from "../core/memory_budget.ts";
 
 /** Options every model-running command takes. */
 export const modelOptions: OptionSpec = {
@@ -23,6 +23,7 @@ export const modelOptions: OptionSpec = {
   backend: { type: "string" },
   activation: { type: "string" },
   "rope-layout": { type: "string" },
+  weights: { type: "string" },
 };
 
 /** Help text for {@link modelOptions}. */
@@ -34,7 +35,10 @@ export const modelOptionsHelp = `Model options:
       --kv-type TYPE      KV cache elements: f16 (default, half the memory) or f32
       --backend NAME      compute backend (default cpu)
       --activation KIND   override the FFN activation: swiglu, relu or drelu
-      --rope-layout KIND  override RoPE pairing: interleaved or neox`;
+      --rope-layout KIND  override RoPE pairing: interleaved or neox
+      --weights MODE      copy (weights copied into memory at load: faster decode), map (read in place
+                          from the file's mapping) or auto (default: copy when they take at most half
+                          of the available memory; map with --bundles)`;
 
 /** Sampling options. */
 export const samplingOptions: OptionSpec = {
@@ -83,8 +87,14 @@ export async function openModel(p: Parsed): Promise<{ model: Model; loadMs: numb
     path = await ensureDefaultModel({ onProgress: (s) => note(`sparrow: ${s.message}`) });
     progress.finish();
   }
+  const weights = choice(p, "weights", ["auto", "copy", "map"] as const);
+  const offloading = str(p, "bundles") !== undefined;
+  if (offloading && weights === "copy") {
+    throw new UsageError("--weights copy does not go with --bundles: offloaded FFNs are read from the bundles");
+  }
   const t0 = performance.now();
   const model = await loadModel(path, {
+    weights: weights ?? (offloading ? "map" : "auto"),
     threads: int(p, "threads", 1, 256),
     contextLength: int(p, "ctx", 1, 1 << 20),
     batchSize: int(p, "batch", 1, 4096),
@@ -202,26 +212,6 @@ function bytesArg(p: Parsed, name: string): number | undefined {
 }
 
 /**
- * The memory available to new work (MemAvailable), bytes, or undefined where it cannot be read:
- * `Deno.systemMemoryInfo()` (needs `--allow-sys=systemMemoryInfo`, which ./sparrow passes), else
- * /proc/meminfo (which Deno reads only with `--allow-all`).
- */
-function memAvailable(): number | undefined {
-  try {
-    const available = Deno.systemMemoryInfo().available;
-    if (available > 0) return available;
-  } catch {
-    // Not permitted, or not this platform: try /proc.
-  }
-  try {
-    const m = /MemAvailable:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/meminfo"));
-    return m ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * Turns {@link SparseArgs} into session options for the model at `modelPath` (undefined: dense):
  * picks up the default sidecar beside the model, and refuses combinations that cannot work.
  */
@@ -271,7 +261,7 @@ export function resolveSparse(a: SparseArgs, modelPath: string): SparseOptions |
  */
 export async function prepareSparseCli(model: Model, sparse: SparseOptions, a: SparseArgs): Promise<void> {
   if (sparse.bundles === undefined) return void (await model.prepareSparse(sparse));
-  const available = memAvailable();
+  const available = availableMemoryBytes();
   const memory = a.memory ?? (available !== undefined ? Math.floor(available * 0.8) : undefined);
   if (memory === undefined) {
     throw new UsageError(

@@ -45,12 +45,12 @@ ${sparseOptionsHelp}
 The generated text goes to stdout; load time, prefill and decode speed go to stderr.`;
 
 /** Formats one generation's timings for stderr. */
-export function statsLine(stats: GenerationStats, loadMs: number, threads: number): string {
-  return `sparrow: load ${loadMs.toFixed(0)} ms | prefill ${stats.promptTokens - stats.cachedTokens} tok in ${
-    stats.prefillMs.toFixed(0)
-  } ms (${stats.prefillTokensPerSecond.toFixed(1)} tok/s) | decode ${stats.generatedTokens} tok in ${
-    stats.decodeMs.toFixed(0)
-  } ms (${
+export function statsLine(stats: GenerationStats, loadMs: number, threads: number, weights: "copy" | "map"): string {
+  return `sparrow: load ${loadMs.toFixed(0)} ms (weights ${weights === "copy" ? "copied" : "mapped"}) | prefill ${
+    stats.promptTokens - stats.cachedTokens
+  } tok in ${stats.prefillMs.toFixed(0)} ms (${
+    stats.prefillTokensPerSecond.toFixed(1)
+  } tok/s) | decode ${stats.generatedTokens} tok in ${stats.decodeMs.toFixed(0)} ms (${
     stats.decodeTokensPerSecond.toFixed(1)
   } tok/s) | threads ${threads} | seed ${stats.seed} | stop: ${stats.stopReason}`;
 }
@@ -111,7 +111,7 @@ export async function generateCommand(args: string[]): Promise<void> {
       if (ev.text) await out.write(enc.encode(ev.text));
       if (ev.type === "done") {
         await out.write(enc.encode("\n"));
-        note(statsLine(ev.stats, loadMs, model.defaults.threads));
+        note(statsLine(ev.stats, loadMs, model.defaults.threads, model.info.weights));
         if (sparse) {
           const stats = session.sparseStats();
           note(sparseStatsLine(stats, sparse, ffnBytesPerToken(model, stats, sparse.mode)));

@@ -93,6 +93,17 @@ export class NativeModel {
     return this.#ptr === null;
   }
 
+  /**
+   * Copies the weights out of the file mapping into anonymous memory (huge pages) and drops the
+   * mapping's pages: all of them, or with `withFfn` false those outside the FFNs.
+   *
+   * @throws {SparrowError} `out_of_memory` when the copy cannot be allocated.
+   */
+  copyWeights(withFfn: boolean): void {
+    const ptr = this.pointer;
+    unwrap(core().sp_model_copy_weights(ptr, withFfn ? 1 : 0), () => lastError(ptr, null));
+  }
+
   /** Sessions open on this model. */
   get openSessions(): number {
     return this.#openSessions;

@@ -166,6 +166,37 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
 }
 
 /**
+ * The memory available to new work (MemAvailable), bytes, or undefined where it cannot be read:
+ * `Deno.systemMemoryInfo()` where `--allow-sys=systemMemoryInfo` is granted (./sparrow grants it),
+ * else /proc/meminfo where it may be read. Permissions are queried first, so that a script without
+ * them is not prompted for them.
+ */
+export function availableMemoryBytes(): number | undefined {
+  const granted = (d: Deno.PermissionDescriptor) => {
+    try {
+      return Deno.permissions.querySync(d).state === "granted";
+    } catch {
+      return false;
+    }
+  };
+  if (granted({ name: "sys", kind: "systemMemoryInfo" })) {
+    try {
+      const available = Deno.systemMemoryInfo().available;
+      if (available > 0) return available;
+    } catch {
+      // Not this platform: try /proc.
+    }
+  }
+  if (!granted({ name: "read", path: "/proc/meminfo" })) return undefined;
+  try {
+    const m = /MemAvailable:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/meminfo"));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Resident bytes of this process now (VmRSS), or undefined where the runtime cannot say. Read with
  * `Deno.memoryUsage()`, which needs no permission: Deno refuses /proc/self/status without
  * `--allow-all`, and the CLI runs without it (the runtime was then left out of the plan).

@@ -33,7 +33,7 @@ async function fixedRegionBytes(m: Model): Promise<number> {
 const status = () => Deno.readTextFileSync("/proc/self/status");
 const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+) kB`).exec(status())![1]) * 1024;
 
-using m = await loadModel(model, { threads: 2, contextLength: 256, batchSize: 16 });
+using m = await loadModel(model, { threads: 2, contextLength: 256, batchSize: 16, weights: "map" });
 // 8 MiB: the runtime's resident set grows a little before prepareOffload measures it again.
 const memory = memoryText.startsWith("+")
   ? Math.ceil((await fixedRegionBytes(m)) + Number(memoryText.slice(1)) + (8 << 20))

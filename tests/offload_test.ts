@@ -67,9 +67,10 @@ async function offloaded(
   bundles = f.bundles,
   hotShare?: number,
 ) {
-  const model = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
+  // Offloaded FFNs need the weights mapped, not copied ("auto" would copy this small model).
+  const model = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32, weights: "map" });
   // A first plan with a generous budget gives the fixed region's size; then the real one.
-  const probe = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32 });
+  const probe = await loadModel(f.model, { threads: 2, contextLength: 256, batchSize: 32, weights: "map" });
   let fixed = 0;
   let stride = 0;
   try {
@@ -252,7 +253,7 @@ Deno.test("offloaded sparse FFNs", async (t) => {
       const cut = join(f.dir, "cut.bundles");
       const bytes = await Deno.readFile(f.bundles);
       await Deno.writeFile(cut, bytes.subarray(0, bytes.length - 5000));
-      using m = await loadModel(f.model, { threads: 2 });
+      using m = await loadModel(f.model, { threads: 2, weights: "map" });
       await assert.rejects(
         m.prepareOffload({ sidecar: f.sidecar, bundles: cut, memory: 2 ** 34 }),
         (e: unknown) => e instanceof SparrowError && e.code === "bad_model" && e.message.includes(cut),
@@ -260,7 +261,7 @@ Deno.test("offloaded sparse FFNs", async (t) => {
     });
 
     await t.step("a budget too small names the minimum; a negative runtime size is refused", async () => {
-      using m = await loadModel(f.model, { threads: 2 });
+      using m = await loadModel(f.model, { threads: 2, weights: "map" });
       await assert.rejects(
         m.prepareOffload({ sidecar: f.sidecar, bundles: f.bundles, memory: 1 << 20 }),
         (e: unknown) =>

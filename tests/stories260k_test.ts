@@ -54,7 +54,7 @@ Deno.test("stories260K through the CLI reproduces the reference output", async (
     ]);
     assert.equal(gen.code, 0, gen.stderr);
     assert.equal(gen.stdout, reference + "\n");
-    assert.match(gen.stderr, /load \d+ ms \| prefill .* tok\/s\) \| decode 60 tok .* tok\/s\)/);
+    assert.match(gen.stderr, /load \d+ ms \(weights copied\) \| prefill .* tok\/s\) \| decode 60 tok .* tok\/s\)/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -67,8 +67,10 @@ pub const Model = struct {
     matrices: []WeightView,
     /// Sessions alive on this model; closing the model with sessions open is refused.
     sessions: std.atomic.Value(u32) = std.atomic.Value(u32).init(0),
-    /// The non-FFN weights, copied out of the mapping by `copyFixedWeights` (empty until then).
-    fixed_copy: []align(64) u8 = &.{},
+    /// The weights copied out of the mapping by `copyWeights` (empty until then): those outside the
+    /// FFNs, and the FFNs' too when `ffn_copied`.
+    weights_copy: []align(64) u8 = &.{},
+    ffn_copied: bool = false,
     sink: ErrorSink = .{},
 
     /// Maps `path` and validates `desc_bytes` (a ModelDesc followed by its LayerDescs) against it.
@@ -137,6 +139,7 @@ pub const Model = struct {
     }
 
     const layer_matrices = .{ "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+    const ffn_matrices = .{ "ffn_gate", "ffn_up", "ffn_down" };
 
     /// Fills `matrices` (what backend checks and activation sizes walk) from the views: token
     /// embeddings, output, then each layer's matrices in `layer_matrices` order.
@@ -148,23 +151,36 @@ pub const Model = struct {
         }
     }
 
-    /// Copies every weight outside the FFNs (token embeddings, output, attention matrices, norms)
-    /// into anonymous memory in huge pages, points the model at the copies, and drops the mapping's
-    /// pages: for a model whose FFN neurons are offloaded to a bundle file under a memory limit.
-    /// Read through the mapping, those weights are page cache, which a memory cgroup near its limit
-    /// reclaims and the next token faults back in from disk; anonymous memory stays. Measured on the
-    /// offload bench (7B-shape synthetic, budget and cgroup limit 3279 MiB): 4.93 tok/s with 110.6 ms
-    /// of I/O stall per token in the cgroup against 7.01 tok/s and 48.0 ms outside it, same budget;
-    /// with the copies, 9.21 tok/s and 11.0 ms in the cgroup.
-    /// Safe while sessions run: the copies hold the same bytes, and the mapping stays mapped.
-    pub fn copyFixedWeights(self: *Model) error{OutOfMemory}!void {
-        if (self.fixed_copy.len != 0) return;
+    /// Copies weights out of the file mapping into anonymous memory in huge pages and points the
+    /// model at the copies: those outside the FFNs (token embeddings, output, attention matrices,
+    /// norms), and with `with_ffn` the FFN matrices too. Then drops the mapping's pages.
+    ///
+    /// Without the FFNs, for a model whose FFN neurons are offloaded to a bundle file under a memory
+    /// limit: read through the mapping, those weights are page cache, which a memory cgroup near its
+    /// limit reclaims and the next token faults back in from disk; anonymous memory stays. Measured
+    /// on the offload bench (7B-shape synthetic, budget and cgroup limit 3279 MiB): 4.93 tok/s with
+    /// 110.6 ms of I/O stall per token in the cgroup against 7.01 tok/s and 48.0 ms outside it, same
+    /// budget; with the copies, 9.21 tok/s and 11.0 ms in the cgroup.
+    ///
+    /// With the FFNs, for a model that fits in memory (TypeScript's `weights: "copy"`): on a KVM
+    /// guest (Xeon, 2 vCPUs) decode streamed the weights from the mapping at 60% of the speed it
+    /// reached from anonymous memory, though the mapping was huge-page mapped throughout (7B-shape
+    /// synthetic ReLU Q4_0, 2 threads, one process, token by token: dense 4.00 -> 6.27 tok/s,
+    /// predictor-sparse 12.09 -> 16.46).
+    ///
+    /// Once only (a second call does nothing). Safe while sessions run: the copies hold the same
+    /// bytes, and the mapping stays mapped.
+    pub fn copyWeights(self: *Model, with_ffn: bool) error{OutOfMemory}!void {
+        if (self.weights_copy.len != 0) return;
         const tied = self.output.data == self.token_embd.data;
         var total = FixedCopier.bytes(viewBytes(self.token_embd).len) + FixedCopier.bytes(self.output_norm.len * 4);
         if (!tied) total += FixedCopier.bytes(viewBytes(self.output).len);
         for (self.layers) |layer| {
             total += FixedCopier.bytes(layer.attn_norm.len * 4) + FixedCopier.bytes(layer.ffn_norm.len * 4);
             inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |f| total += FixedCopier.bytes(viewBytes(@field(layer, f)).len);
+            if (with_ffn) {
+                inline for (ffn_matrices) |f| total += FixedCopier.bytes(viewBytes(@field(layer, f)).len);
+            }
         }
         const dst = try self.allocator.alignedAlloc(u8, 64, total);
         huge_pages.advise(dst);
@@ -176,19 +192,24 @@ pub const Model = struct {
             c.norm(&layer.attn_norm);
             c.norm(&layer.ffn_norm);
             inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |f| c.view(&@field(layer.*, f));
+            if (with_ffn) {
+                inline for (ffn_matrices) |f| c.view(&@field(layer.*, f));
+            }
         }
         self.listMatrices();
         std.debug.assert(c.at == total);
-        // The FFN weights are not read from the mapping either once offloaded: drop every page.
+        // Whatever was not copied (the FFNs, when offloaded) is not read from the mapping either:
+        // drop every page.
         advise(self.file.bytes, self.file.bytes, .DONTNEED);
-        self.fixed_copy = dst;
+        self.weights_copy = dst;
+        self.ffn_copied = with_ffn;
     }
 
     pub fn close(self: *Model) void {
         std.debug.assert(self.sessions.load(.acquire) == 0);
         const allocator = self.allocator;
         self.file.close();
-        allocator.free(self.fixed_copy);
+        allocator.free(self.weights_copy);
         allocator.free(self.layers);
         allocator.free(self.matrices);
         allocator.destroy(self);
@@ -200,7 +221,7 @@ fn viewBytes(v: WeightView) []const u8 {
     return v.data[0 .. v.row_bytes * v.n_rows];
 }
 
-/// Copies what `Model.copyFixedWeights` copies, front to back, and drops each source range's pages
+/// Copies what `Model.copyWeights` copies, front to back, and drops each source range's pages
 /// from the mapping as it goes, so the resident set never holds both.
 const FixedCopier = struct {
     file: []align(std.heap.page_size_min) const u8,

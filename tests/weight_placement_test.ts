@@ -1,0 +1,71 @@
+/**
+ * Where a model's weights live (LoadModelOptions.weights): copied into anonymous memory or read in
+ * place from the file's mapping. Both must compute the same bits, dense and sparse; "auto" must
+ * resolve to one of them; a model whose weights were copied must refuse to offload its FFNs (the
+ * copy would sit outside the offload budget); bad values are refused.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { loadModel } from "../core/model.ts";
+import { availableMemoryBytes } from "../core/memory_budget.ts";
+import { synthesizeModel } from "../models/synth.ts";
+import { preloadNativeLibraries, refuses } from "./_models.ts";
+
+preloadNativeLibraries();
+
+const shape = { dim: 128, ffnDim: 384, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 300, contextLength: 64 };
+const tokens = [1, 5, 200, 17, 42, 299, 3, 88];
+
+async function logits(path: string, weights: "copy" | "map", sparse: boolean): Promise<Float32Array[]> {
+  using model = await loadModel(path, { threads: 2, contextLength: 32, weights });
+  assert.equal(model.info.weights, weights);
+  if (sparse) await model.prepareSparse({});
+  using s = model.createSession({ allLogits: true, sparse: sparse ? { mode: "oracle", batches: true } : undefined });
+  return await s.evaluate(tokens);
+}
+
+Deno.test("weights: copied and mapped weights give the same logits, dense and sparse", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "sparrow_weights_" });
+  try {
+    const path = join(dir, "m.gguf");
+    synthesizeModel(path, { shape, weightType: "q4_0", activation: "relu", sparseFfn: { sparsity: 0.8 }, seed: 7 });
+    for (const sparse of [false, true]) {
+      const mapped = await logits(path, "map", sparse);
+      const copied = await logits(path, "copy", sparse);
+      assert.equal(copied.length, mapped.length);
+      for (let i = 0; i < mapped.length; i++) {
+        assert.deepEqual(
+          new Uint32Array(copied[i].buffer, copied[i].byteOffset, copied[i].length),
+          new Uint32Array(mapped[i].buffer, mapped[i].byteOffset, mapped[i].length),
+          `${sparse ? "sparse" : "dense"} logits of token ${i} differ`,
+        );
+      }
+    }
+
+    // "auto" copies a model this small wherever the available memory can be read.
+    using auto = await loadModel(path, { threads: 1, contextLength: 16 });
+    assert.equal(auto.info.weights, availableMemoryBytes() === undefined ? "map" : "copy");
+
+    await refuses(
+      () => loadModel(path, { threads: 1, weights: "disk" as "map" }),
+      "invalid_argument",
+      /weights 'disk' is not auto, copy or map/,
+    );
+
+    // Checked before any file is opened: the bundle file need not exist.
+    using copied = await loadModel(path, { threads: 1, contextLength: 16, weights: "copy" });
+    await refuses(
+      () =>
+        copied.prepareOffload({
+          sidecar: join(dir, "m.sparsity.gguf"),
+          bundles: join(dir, "m.bundles"),
+          memory: 1 << 30,
+        }),
+      "invalid_argument",
+      /loaded with its weights copied/,
+      /weights "map"/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
