@@ -41,3 +41,30 @@ globalThis.addEventListener("unload", () => {
     for (const r of rows) console.log(line(r));
   }
 });
+
+/** Multipliers of the size suffixes sysfs writes for caches ("32K", "2048K", "480M"). */
+const sizeUnits: Record<string, number> = { "": 1, K: 1024, M: 2 ** 20, G: 2 ** 30 };
+
+/** The largest cache the kernel reports for cpu0 (sysfs), bytes; 0 where it cannot be read. */
+export function lastLevelCacheBytes(): number {
+  const dir = "/sys/devices/system/cpu/cpu0/cache";
+  let most = 0;
+  try {
+    for (const e of Deno.readDirSync(dir)) {
+      if (!e.name.startsWith("index")) continue;
+      const m = /^(\d+)([KMG]?)$/.exec(Deno.readTextFileSync(`${dir}/${e.name}/size`).trim());
+      if (m) most = Math.max(most, Number(m[1]) * sizeUnits[m[2]]);
+    }
+  } catch {
+    // Not Linux, or not permitted: callers keep their fixed sizes.
+  }
+  return most;
+}
+
+/**
+ * Rows of 64 KiB for the plain memory read that measures bandwidth (`sp_bench_create` kind 0):
+ * 512 MiB, or twice the last-level cache where that is larger, so that the read comes from memory.
+ */
+export function memoryReadRows(): number {
+  return Math.ceil(Math.max(512 * 2 ** 20, 2 * lastLevelCacheBytes()) / 65536);
+}

@@ -24,7 +24,7 @@ import { loadModel } from "../core/model.ts";
 import type { Session } from "../core/session.ts";
 import type { DownType, SparseMode } from "../core/sparse.ts";
 import { core } from "../core/ffi.ts";
-import { machine, table } from "./_report.ts";
+import { machine, memoryReadRows, table } from "./_report.ts";
 import { benchModel } from "./_bench_models.ts";
 import { type LlamaCppResult, runLlamaCpp } from "./_llamacpp.ts";
 
@@ -53,7 +53,7 @@ const next = prompt[prompt.length - 1];
 
 // Memory bandwidth, this run, same threads: the yardstick for the bytes-per-token bound.
 const c = core();
-const mem = c.sp_bench_create(0, 0, 8192n, 65536n, 1, threads)!;
+const mem = c.sp_bench_create(0, 0, BigInt(memoryReadRows()), 65536n, 1, threads)!;
 let bandwidth = 0;
 for (let i = 0; i < 5; i++) {
   bandwidth = Math.max(bandwidth, Number(c.sp_bench_bytes(mem)) / Number(c.sp_bench_run(mem)));

@@ -87,8 +87,10 @@ pub const Bench = struct {
         errdefer allocator.free(act);
         const y = try allocator.alloc(f32, if (kind.readsBytes()) 1 else rows * n_tokens);
         errdefer allocator.free(y);
-        // The sparse stores the engine gathers from sit in huge pages (sparse/neuron_store.zig).
-        if (kind.selects()) huge_pages.advise(data);
+        // Weights sit in huge pages in the engine: the sparse stores it gathers from
+        // (sparse/neuron_store.zig), and models copied at load (engine/model.zig copyWeights). The
+        // plain read, the yardstick, reads the same kind of memory.
+        huge_pages.advise(data);
         if (kind.readsBytes()) {
             rng.bytes(data);
         } else {
