@@ -44,6 +44,7 @@ export {
   type ModelDefaults,
   type ModelInfo,
   type SessionOptions,
+  type WeightPlacement,
 } from "./core/model.ts";
 export {
   type Completion,

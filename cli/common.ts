@@ -265,7 +265,7 @@ export async function prepareSparseCli(model: Model, sparse: SparseOptions, a: S
   const memory = a.memory ?? (available !== undefined ? Math.floor(available * 0.8) : undefined);
   if (memory === undefined) {
     throw new UsageError(
-      "--memory is needed: the available memory cannot be read here (run with --allow-sys=systemMemoryInfo)",
+      "--memory is needed: the available memory cannot be read here (no /proc/meminfo)",
     );
   }
   let bar: Progress | undefined;

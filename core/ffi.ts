@@ -39,6 +39,8 @@ const symbols = {
   sp_last_error: { parameters: ["pointer", "pointer", "buffer", "u64"], result: "u64" },
   /** i32 sp_model_open(const u8* path, u64 path_len, const u8* desc, u64 desc_len, Model** out) */
   sp_model_open: { parameters: ["buffer", "u64", "buffer", "u64", "buffer"], result: "i32" },
+  /** u64 sp_memory_available(): MemAvailable, lowered to the room under the memory cgroup's limit; 0 unknown */
+  sp_memory_available: { parameters: [], result: "u64" },
   /** i32 sp_model_copy_weights(Model* model, u32 with_ffn) */
   sp_model_copy_weights: { parameters: ["pointer", "u32"], result: "i32" },
   /** i32 sp_model_close(Model* model) */

@@ -23,6 +23,7 @@
  * @module
  */
 import { SparrowError } from "./errors.ts";
+import { core } from "./ffi.ts";
 
 /** What the split is computed from (bytes unless said otherwise). */
 export interface MemoryPlanInput {
@@ -166,34 +167,15 @@ export function planMemory(i: MemoryPlanInput): MemoryPlan {
 }
 
 /**
- * The memory available to new work (MemAvailable), bytes, or undefined where it cannot be read:
- * `Deno.systemMemoryInfo()` where `--allow-sys=systemMemoryInfo` is granted (./sparrow grants it),
- * else /proc/meminfo where it may be read. Permissions are queried first, so that a script without
- * them is not prompted for them.
+ * The memory this process may still take, bytes, or undefined where it cannot be read: the kernel's
+ * MemAvailable, lowered to the room left under the limits of the process's memory cgroups (v1 or v2,
+ * usage page cache included), so that inside a container the container's limit counts, not the
+ * host's memory. Read by the native core (zig/src/engine/memory_info.zig): Deno reads /sys and
+ * /proc/self only with `--allow-all`.
  */
 export function availableMemoryBytes(): number | undefined {
-  const granted = (d: Deno.PermissionDescriptor) => {
-    try {
-      return Deno.permissions.querySync(d).state === "granted";
-    } catch {
-      return false;
-    }
-  };
-  if (granted({ name: "sys", kind: "systemMemoryInfo" })) {
-    try {
-      const available = Deno.systemMemoryInfo().available;
-      if (available > 0) return available;
-    } catch {
-      // Not this platform: try /proc.
-    }
-  }
-  if (!granted({ name: "read", path: "/proc/meminfo" })) return undefined;
-  try {
-    const m = /MemAvailable:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/meminfo"));
-    return m ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
+  const bytes = Number(core().sp_memory_available());
+  return bytes > 0 ? bytes : undefined;
 }
 
 /**

@@ -2,14 +2,16 @@
  * Where a model's weights live (LoadModelOptions.weights): copied into anonymous memory or read in
  * place from the file's mapping. Both must compute the same bits, dense and sparse; "auto" must
  * resolve to one of them; a model whose weights were copied must refuse to offload its FFNs (the
- * copy would sit outside the offload budget); bad values are refused.
+ * copy would sit outside the offload budget); bad values are refused. And the memory "auto" judges
+ * by is the room under the process's memory cgroup limit, not the host's memory.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadModel } from "../core/model.ts";
 import { availableMemoryBytes } from "../core/memory_budget.ts";
 import { synthesizeModel } from "../models/synth.ts";
-import { preloadNativeLibraries, refuses } from "./_models.ts";
+import { memoryCgroupAvailable, runInMemoryLimit } from "../bench/_cgroup.ts";
+import { preloadNativeLibraries, refuses, skip } from "./_models.ts";
 
 preloadNativeLibraries();
 
@@ -68,4 +70,20 @@ Deno.test("weights: copied and mapped weights give the same logits, dense and sp
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("weights: the available memory is the room under the memory cgroup's limit", async () => {
+  const cgroups = memoryCgroupAvailable();
+  if (!cgroups.ok) return void skip(`memory cgroup unavailable: ${cgroups.why}`);
+  const limitBytes = 512 * 2 ** 20;
+  const code = `import { availableMemoryBytes } from "${new URL("../core/memory_budget.ts", import.meta.url).href}"; ` +
+    `console.log("available", availableMemoryBytes());`;
+  const r = await runInMemoryLimit(Deno.execPath(), ["eval", "--quiet", code], { limitBytes, timeoutMs: 60_000 });
+  assert.equal(r.code, 0, r.stderr);
+  const m = /available (\d+)/.exec(r.stdout);
+  assert.ok(m, `no figure in ${r.stdout}`);
+  const available = Number(m[1]);
+  // Under the limit by what the child already uses (the Deno runtime: tens of MiB), and above 0.
+  assert.ok(available <= limitBytes, `${available} bytes available under a ${limitBytes}-byte limit`);
+  assert.ok(available > limitBytes / 4, `${available} bytes: the runtime cannot have taken that much`);
 });

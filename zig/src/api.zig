@@ -8,6 +8,7 @@ const kernels = @import("kernels");
 const status = @import("status.zig");
 const desc = @import("engine/model_desc.zig");
 const model_mod = @import("engine/model.zig");
+const memory_info = @import("engine/memory_info.zig");
 const Model = model_mod.Model;
 const session_mod = @import("engine/session.zig");
 const Session = session_mod.Session;
@@ -74,6 +75,12 @@ export fn sp_model_open(path: [*]const u8, path_len: u64, desc_ptr: [*]const u8,
 export fn sp_model_copy_weights(model: *Model, with_ffn: u32) i32 {
     model.copyWeights(with_ffn != 0) catch return model.sink.fail(.out_of_memory, "out of memory copying the model's weights ({s}) into memory", .{if (with_ffn != 0) "all of them" else "those outside the FFNs"}).code();
     return Status.ok.code();
+}
+
+/// Bytes of memory this process may still take (engine/memory_info.zig: MemAvailable, lowered to the
+/// room under the memory cgroup's limit); 0 where that cannot be read.
+export fn sp_memory_available() u64 {
+    return memory_info.availableBytes() orelse 0;
 }
 
 /// Refused (busy) while sessions on the model are open.
@@ -366,5 +373,6 @@ test {
     _ = subspace_fit;
     _ = @import("offload/offload_store.zig");
     _ = @import("sparse/down_order.zig");
+    _ = memory_info;
     _ = status;
 }
