@@ -131,6 +131,10 @@ Deno.test("sparrow calibrate --objective subspace, pack and generate --bundles (
     // Deno refuses without --allow-all).
     assert.match(offload.stderr, /fixed \d+ MiB \(runtime [1-9]\d* MiB/);
     assert.match(offload.stderr, /reading bundles with (io_uring|pread_pool|mmap)/);
+    // Offloaded FFNs keep the file mapped (their budget holds only what they read); in memory,
+    // "auto" copies a model this small.
+    assert.match(offload.stderr, /load \d+ ms \(weights mapped\)/);
+    assert.match(inMemory.stderr, /load \d+ ms \(weights copied\)/);
     assert.match(
       offload.stderr.trim().split("\n").at(-1)!,
       /cache hit rate (0\.\d{3}|1\.000) \(hot (0\.\d{3}|1\.000)\) \| read \d+\.\d\d MB\/token \| I\/O stall \d+\.\d ms\/token$/,
@@ -145,6 +149,9 @@ Deno.test("sparrow calibrate --objective subspace, pack and generate --bundles (
     const tooSmall = await runCli([...gen, "--bundles", bundles, "--memory", "1M"]);
     assert.equal(tooSmall.code, 1, tooSmall.stderr);
     assert.match(tooSmall.stderr, /budget/i);
+    const copied = await runCli([...gen, "--bundles", bundles, "--weights", "copy"]);
+    assert.equal(copied.code, 2, copied.stderr);
+    assert.match(copied.stderr, /--weights copy does not go with --bundles/);
     const misuse = await runCli([...gen, "--memory", "1G"]);
     assert.equal(misuse.code, 2, misuse.stderr);
     assert.match(misuse.stderr, /--memory and --io need --bundles/);
