@@ -10,8 +10,9 @@
  *   deno bench -A bench/offload_bench.ts      (or deno run -A: the same)
  *
  * The runs, by the names SPARROW_OFFLOAD_RUNS takes:
- * - dense: sparrow, dense FFNs, every weight mapped, no limit;
- * - sparse: sparrow, sparse FFNs chosen by the predictors (predictor mode), in memory, no limit;
+ * - dense: sparrow, dense FFNs, every weight in memory (copied at load: weights "auto"), no limit;
+ * - sparse: sparrow, sparse FFNs chosen by the predictors (predictor mode), in memory (weights copied
+ *   the same way), no limit;
  * - offload: sparrow, predictor mode with the FFN neurons read from the bundle file through the I/O
  *   ring into a cache, budget = the limit, in a memory group of that limit, page cache dropped;
  * - llama-a: llama.cpp with every weight in anonymous memory, no limit;
