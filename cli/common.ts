@@ -141,7 +141,8 @@ export const sparseOptionsHelp = `Sparse FFN options (PowerInfer-style activatio
 Flash offload (predictor mode with the FFN neurons on disk, streamed as they are needed):
       --bundles PATH      neuron-bundle file (sparrow pack) made from --sidecar; default MODEL.bundles
                           beside the model is NOT picked up on its own: offload only when asked
-      --memory SIZE       the whole process's budget, e.g. 3G or 2500M (default: 80% of MemAvailable);
+      --memory SIZE       the whole process's budget, e.g. 3G or 2500M (default: 80% of the available
+                          memory: MemAvailable, or the room under the memory cgroup's limit if less);
                           too small a budget is refused with the minimum it needs
       --io METHOD         auto (default: io_uring, else a pread thread pool), io_uring, pread_pool or mmap
 With --sparse, stderr gets one more line: measured sparsity, recall, candidates per active neuron
