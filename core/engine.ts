@@ -95,13 +95,14 @@ export class NativeModel {
 
   /**
    * Copies the weights out of the file mapping into anonymous memory (huge pages) and drops the
-   * mapping's pages: all of them, or with `withFfn` false those outside the FFNs.
+   * mapping's pages: all of them, or with `withFfn` false those outside the FFNs; on `threads`
+   * threads (faulting the fresh memory in is most of the cost).
    *
    * @throws {SparrowError} `out_of_memory` when the copy cannot be allocated.
    */
-  copyWeights(withFfn: boolean): void {
+  copyWeights(withFfn: boolean, threads: number): void {
     const ptr = this.pointer;
-    unwrap(core().sp_model_copy_weights(ptr, withFfn ? 1 : 0), () => lastError(ptr, null));
+    unwrap(core().sp_model_copy_weights(ptr, withFfn ? 1 : 0, threads), () => lastError(ptr, null));
   }
 
   /** Sessions open on this model. */

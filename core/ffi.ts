@@ -41,8 +41,8 @@ const symbols = {
   sp_model_open: { parameters: ["buffer", "u64", "buffer", "u64", "buffer"], result: "i32" },
   /** u64 sp_memory_available(): MemAvailable, lowered to the room under the memory cgroup's limit; 0 unknown */
   sp_memory_available: { parameters: [], result: "u64" },
-  /** i32 sp_model_copy_weights(Model* model, u32 with_ffn) */
-  sp_model_copy_weights: { parameters: ["pointer", "u32"], result: "i32" },
+  /** i32 sp_model_copy_weights(Model* model, u32 with_ffn, u32 threads) */
+  sp_model_copy_weights: { parameters: ["pointer", "u32", "u32"], result: "i32" },
   /** i32 sp_model_close(Model* model) */
   sp_model_close: { parameters: ["pointer"], result: "i32" },
   /** i32 sp_session_create(Model* model, const BackendApi* table, const SessionOptions* opts, Session** out) */

@@ -153,8 +153,13 @@ function resolveOptions(options: LoadModelOptions): Omit<ModelDefaults, "context
   };
 }
 
-/** Resolves `wanted` for `weightBytes` of weights and copies them when that is the answer. */
-function placeWeights(native: NativeModel, wanted: WeightPlacement, weightBytes: number): "copy" | "map" {
+/** Resolves `wanted` for `weightBytes` of weights and copies them (on `threads` threads) when that is the answer. */
+function placeWeights(
+  native: NativeModel,
+  wanted: WeightPlacement,
+  weightBytes: number,
+  threads: number,
+): "copy" | "map" {
   if (wanted !== "auto" && wanted !== "copy" && wanted !== "map") {
     throw new SparrowError("invalid_argument", `weights '${wanted}' is not auto, copy or map`);
   }
@@ -164,7 +169,7 @@ function placeWeights(native: NativeModel, wanted: WeightPlacement, weightBytes:
     if (available === undefined || weightBytes > available / 2) return "map";
   }
   try {
-    native.copyWeights(true);
+    native.copyWeights(true, threads);
   } catch (e) {
     // "auto" guessed wrong about the memory (another process took it meanwhile): keep the mapping.
     if (wanted === "auto" && e instanceof SparrowError && e.code === "out_of_memory") return "map";
@@ -490,7 +495,7 @@ export function loadModel(path: string, options: LoadModelOptions = {}): Promise
     };
     const native = NativeModel.open(path, encodeModelDesc(hparams, tensors));
     try {
-      info.weights = placeWeights(native, options.weights ?? "auto", weightBytes);
+      info.weights = placeWeights(native, options.weights ?? "auto", weightBytes, resolved.threads);
     } catch (e) {
       native.close();
       throw e;

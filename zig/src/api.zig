@@ -71,9 +71,9 @@ export fn sp_model_open(path: [*]const u8, path_len: u64, desc_ptr: [*]const u8,
 }
 
 /// Copies the model's weights (`with_ffn` 0: those outside the FFNs; 1: all) out of the file mapping
-/// into anonymous memory (Model.copyWeights).
-export fn sp_model_copy_weights(model: *Model, with_ffn: u32) i32 {
-    model.copyWeights(with_ffn != 0) catch return model.sink.fail(.out_of_memory, "out of memory copying the model's weights ({s}) into memory", .{if (with_ffn != 0) "all of them" else "those outside the FFNs"}).code();
+/// into anonymous memory on `threads` threads (Model.copyWeights).
+export fn sp_model_copy_weights(model: *Model, with_ffn: u32, threads: u32) i32 {
+    model.copyWeights(with_ffn != 0, threads) catch return model.sink.fail(.out_of_memory, "out of memory copying the model's weights ({s}) into memory", .{if (with_ffn != 0) "all of them" else "those outside the FFNs"}).code();
     return Status.ok.code();
 }
 
