@@ -439,3 +439,34 @@ pub const Validator = struct {
         }
     }
 };
+
+test "CopyPlan.copyAll copies every piece whole, for any thread count" {
+    const gpa = std.testing.allocator;
+    const page = std.heap.pageSize();
+    // A stand-in for the mapping: anonymous memory, which DONTNEED zeroes after each range is
+    // copied, so it is refilled before every round.
+    const file_len = 9 << 20;
+    const file = try gpa.alignedAlloc(u8, std.heap.page_size_min, file_len);
+    defer gpa.free(file);
+    std.debug.assert(file_len % page == 0);
+    // Pieces of odd sizes and places, some spanning 2 MiB boundaries of the copy.
+    const spans = [_][2]usize{ .{ 0, 3 << 20 }, .{ (3 << 20) + 17, 1234 }, .{ 4 << 20, (2 << 20) + 4099 }, .{ 7 << 20, 4096 }, .{ (7 << 20) + 5000, (2 << 20) - 5000 } };
+    var views: [spans.len]WeightView = undefined;
+    for ([_]usize{ 1, 2, 3, 5 }) |threads| {
+        var prng = std.Random.DefaultPrng.init(threads);
+        prng.random().bytes(file);
+        const want = try gpa.dupe(u8, file);
+        defer gpa.free(want);
+        var pieces: [spans.len]CopyPiece = undefined;
+        var plan = CopyPlan{ .pieces = &pieces };
+        for (spans, &views) |sp, *v| {
+            v.* = .{ .data = file.ptr + sp[0], .row_bytes = sp[1], .n_cols = sp[1], .n_rows = 1, .dtype = 0 };
+            plan.view(v);
+        }
+        const dst = try gpa.alignedAlloc(u8, 64, plan.total);
+        defer gpa.free(dst);
+        plan.copyAll(file, dst, threads);
+        for (plan.pieces[0..plan.n]) |p| p.retarget(dst);
+        for (spans, views) |sp, v| try std.testing.expectEqualSlices(u8, want[sp[0]..][0..sp[1]], v.data[0..sp[1]]);
+    }
+}
