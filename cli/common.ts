@@ -95,6 +95,12 @@ export async function openModel(p: Parsed): Promise<{ model: Model; loadMs: numb
   const t0 = performance.now();
   const model = await loadModel(path, {
     weights: weights ?? (offloading ? "map" : "auto"),
+    // Worth a word only where it takes a while (about 1-5 s per 4 GB).
+    onWeightsCopy: (bytes) => {
+      if (bytes >= 1e9) {
+        note(`sparrow: copying ${(bytes / 1e9).toFixed(1)} GB of weights into memory (--weights map skips it)`);
+      }
+    },
     threads: int(p, "threads", 1, 256),
     contextLength: int(p, "ctx", 1, 1 << 20),
     batchSize: int(p, "batch", 1, 4096),

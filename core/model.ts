@@ -58,6 +58,11 @@ export interface LoadModelOptions {
    * they take at most half of the memory available, mapped otherwise.
    */
   weights?: WeightPlacement;
+  /**
+   * Called with the bytes about to be copied, before the weights are copied into memory (not when
+   * they stay mapped): the copy of a 7B model takes from under a second to several seconds.
+   */
+  onWeightsCopy?: (bytes: number) => void;
 }
 
 /**
@@ -159,6 +164,7 @@ function placeWeights(
   wanted: WeightPlacement,
   weightBytes: number,
   threads: number,
+  onCopy?: (bytes: number) => void,
 ): "copy" | "map" {
   if (wanted !== "auto" && wanted !== "copy" && wanted !== "map") {
     throw new SparrowError("invalid_argument", `weights '${wanted}' is not auto, copy or map`);
@@ -168,6 +174,7 @@ function placeWeights(
     const available = availableMemoryBytes();
     if (available === undefined || weightBytes > available / 2) return "map";
   }
+  onCopy?.(weightBytes);
   try {
     native.copyWeights(true, threads);
   } catch (e) {
@@ -495,7 +502,13 @@ export function loadModel(path: string, options: LoadModelOptions = {}): Promise
     };
     const native = NativeModel.open(path, encodeModelDesc(hparams, tensors));
     try {
-      info.weights = placeWeights(native, options.weights ?? "auto", weightBytes, resolved.threads);
+      info.weights = placeWeights(
+        native,
+        options.weights ?? "auto",
+        weightBytes,
+        resolved.threads,
+        options.onWeightsCopy,
+      );
     } catch (e) {
       native.close();
       throw e;

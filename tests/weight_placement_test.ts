@@ -48,6 +48,17 @@ Deno.test("weights: copied and mapped weights give the same logits, dense and sp
     using auto = await loadModel(path, { threads: 1, contextLength: 16 });
     assert.equal(auto.info.weights, availableMemoryBytes() === undefined ? "map" : "copy");
 
+    // The copy is announced with its size; a mapping is not.
+    const announced: number[] = [];
+    using announcedCopy = await loadModel(path, {
+      threads: 1,
+      weights: "copy",
+      onWeightsCopy: (b) => announced.push(b),
+    });
+    using notAnnounced = await loadModel(path, { threads: 1, weights: "map", onWeightsCopy: (b) => announced.push(b) });
+    assert.deepEqual(announced, [announcedCopy.info.weightBytes]);
+    assert.equal(notAnnounced.info.weights, "map");
+
     await refuses(
       () => loadModel(path, { threads: 1, weights: "disk" as "map" }),
       "invalid_argument",
