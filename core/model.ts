@@ -70,11 +70,12 @@ export interface LoadModelOptions {
  *
  * - "map": read in place from the file's memory mapping (page cache): loads at once, shares the
  *   pages with other processes, and the kernel may reclaim them under memory pressure;
- * - "copy": copied at load into anonymous memory in huge pages (about 1 s per 4 GB), which decode
- *   streams faster: on a KVM guest (Xeon, 2 vCPUs) the 7B-shape synthetic ReLU Q4_0 model decoded
- *   at 6.27 tok/s dense and 16.46 sparse (predictor) from the copy, against 4.00 and 12.09 from the
- *   mapping (huge-page mapped), in one process, token by token. A model whose FFN neurons are
- *   offloaded (`prepareSparse({ bundles })`) needs "map": its budget holds only what it reads;
+ * - "copy": copied at load into anonymous memory in huge pages, on the session threads (0.6 s per
+ *   4 GB on 2 threads; 5 s on a KVM guest whose memory had sat idle), which decode streams faster:
+ *   on that guest (Xeon, 2 vCPUs) the 7B-shape synthetic ReLU Q4_0 model decoded at 6.27 tok/s
+ *   dense and 16.46 sparse (predictor) from the copy, against 4.00 and 12.09 from the mapping
+ *   (huge-page mapped), in one process, token by token. A model whose FFN neurons are offloaded
+ *   ({@link Model.prepareOffload}) needs "map": its budget holds only what it reads;
  * - "auto": "copy" when the weights take at most half of the memory available, else "map".
  */
 export type WeightPlacement = "auto" | "copy" | "map";
