@@ -22,7 +22,6 @@ export async function runCli(args: string[]): Promise<CliRun> {
       "--allow-env",
       "--allow-ffi",
       "--allow-run",
-      "--allow-sys=systemMemoryInfo",
       join(repoRoot, "cli.ts"),
       ...args,
     ],
