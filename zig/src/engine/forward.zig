@@ -173,11 +173,9 @@ fn matmulFused(s: *Session, n_tokens: usize, input: []const f32, in_dim: usize, 
         job.total_rows += seg.w.n_rows;
     }
     job.n_segs = segments.len;
-    // Chunks of rows: small enough for every thread to get several (load balance), large enough that
-    // the atomic hand-out is noise. Multiples of 16 keep chunk edges off shared cache lines of y.
-    const per_thread = job.total_rows / (s.pool.threadCount() * 8);
-    const grain = @max(16, per_thread / 16 * 16);
-    s.pool.run(&job, MatmulJob.run, job.total_rows, grain);
+    // Guided chunks of rows (long first, short last), multiples of 16 so that chunk edges stay off
+    // shared cache lines of y.
+    s.pool.runGuided(&job, MatmulJob.run, job.total_rows, 16);
 }
 
 const MatmulJob = struct {

@@ -36,6 +36,8 @@ pub const ThreadPool = struct {
     job_ctx: *anyopaque = undefined,
     n_items: usize = 0,
     grain: usize = 1,
+    /// Guided hand-out (see `runGuided`): chunks shrink with the items left, down to `grain`.
+    guided: bool = false,
     next_item: AtomicUsize = AtomicUsize.init(0),
 
     generation: AtomicU32 = AtomicU32.init(0),
@@ -85,6 +87,21 @@ pub const ThreadPool = struct {
     /// Runs `func(ctx, begin, end, thread)` over [0, n_items) in chunks of at most `grain`, on all threads,
     /// and returns when every chunk is done. Not reentrant: one job at a time per pool.
     pub fn run(self: *ThreadPool, ctx: *anyopaque, func: JobFn, n_items: usize, grain: usize) void {
+        self.post(ctx, func, n_items, grain, false);
+    }
+
+    /// `run` with guided chunks: each thread takes 1 / (2 * threads) of the items left, rounded up
+    /// to a multiple of `grain` (at least `grain`), so the first chunks are long and the last ones
+    /// short. For streamed reads (matrix-vector products): every chunk boundary restarts a thread's
+    /// stream and its prefetch, while short chunks at the end keep the threads finishing together.
+    /// A standalone test on 2 GB of Q4_0 rows, 2 threads: chunks of 256-384 rows (what fixed chunks
+    /// of an eighth of a thread's share come to for a 7B attention matrix) read at 26.4-26.7 GB/s,
+    /// chunks of 4096 rows and more at 27.2-27.7.
+    pub fn runGuided(self: *ThreadPool, ctx: *anyopaque, func: JobFn, n_items: usize, grain: usize) void {
+        self.post(ctx, func, n_items, grain, true);
+    }
+
+    fn post(self: *ThreadPool, ctx: *anyopaque, func: JobFn, n_items: usize, grain: usize, guided: bool) void {
         if (n_items == 0) return;
         std.debug.assert(grain >= 1);
         if (self.workers.len == 0 or n_items <= grain) {
@@ -95,6 +112,7 @@ pub const ThreadPool = struct {
         self.job_ctx = ctx;
         self.n_items = n_items;
         self.grain = grain;
+        self.guided = guided;
         self.next_item.store(0, .monotonic);
         self.pending.store(@intCast(self.workers.len), .monotonic);
         _ = self.generation.fetchAdd(1, .seq_cst);
@@ -118,10 +136,27 @@ pub const ThreadPool = struct {
     }
 
     fn workChunks(self: *ThreadPool, thread: usize) void {
+        if (self.guided) return self.workGuided(thread);
         while (true) {
             const begin = self.next_item.fetchAdd(self.grain, .monotonic);
             if (begin >= self.n_items) return;
             self.job_fn(self.job_ctx, begin, @min(begin + self.grain, self.n_items), thread);
+        }
+    }
+
+    fn workGuided(self: *ThreadPool, thread: usize) void {
+        const share = 2 * self.threadCount();
+        var begin = self.next_item.load(.monotonic);
+        while (begin < self.n_items) {
+            const left = self.n_items - begin;
+            const size = @max(self.grain, (left / share + self.grain - 1) / self.grain * self.grain);
+            const end = @min(self.n_items, begin + size);
+            if (self.next_item.cmpxchgWeak(begin, end, .monotonic, .monotonic)) |seen| {
+                begin = seen;
+                continue;
+            }
+            self.job_fn(self.job_ctx, begin, end, thread);
+            begin = self.next_item.load(.monotonic);
         }
     }
 
@@ -170,5 +205,7 @@ test "every item is processed exactly once, on any thread count" {
         var counter = Counter{ .hits = hits };
         for (0..50) |_| pool.run(&counter, Counter.job, hits.len, 7);
         for (hits) |h| try std.testing.expectEqual(@as(u32, 50), h.load(.monotonic));
+        for (0..50) |_| pool.runGuided(&counter, Counter.job, hits.len, 7);
+        for (hits) |h| try std.testing.expectEqual(@as(u32, 100), h.load(.monotonic));
     }
 }
