@@ -200,10 +200,8 @@ pub const Bench = struct {
         switch (self.kind) {
             .mem_read => self.pool.run(self, memReadJob, self.data.len / 64, 1 << 14),
             .matvec => {
-                // Chunks as the engine cuts them (forward.zig's matmulFused): a fixed 64 rows made
-                // the short rows of a predictor wait on the shared chunk counter.
-                const per_thread = self.rows / (self.pool.threadCount() * 8);
-                self.pool.run(self, matvecJob, self.rows, @max(16, per_thread / 16 * 16));
+                // Chunks as the engine cuts them (forward.zig's matmulFused): guided, multiples of 16.
+                self.pool.runGuided(self, matvecJob, self.rows, 16);
             },
             .matmul => self.pool.run(self, matmulJob, self.rows, 64),
             .gathered => self.pool.run(self, gatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
