@@ -36,7 +36,16 @@ const weightBytes = Math.max(256e6, 2 * llc);
 const readRows = memoryReadRows();
 
 type Handle = Deno.PointerObject;
-const kinds = { memRead: 0, matvec: 1, matmul: 2, gathered: 3, axpy: 4, memGathered: 5, attention: 6 } as const;
+const kinds = {
+  memRead: 0,
+  matvec: 1,
+  matmul: 2,
+  gathered: 3,
+  axpy: 4,
+  memGathered: 5,
+  attention: 6,
+  matvecRowPairs: 7,
+} as const;
 
 function create(kind: number, dtype: number, rows: number, tokens: number, threads: number, width: number): Handle {
   const h = c.sp_bench_create(kind, dtype, BigInt(rows), BigInt(width), tokens, threads);
@@ -98,6 +107,22 @@ for (const name of types) {
       name: `matvec ${name} ${rows}x${cols} (${(bytes / 1e6).toFixed(0)} MB), ${t} thread(s)`,
       group: `memory ${t}T`,
       fn: () => record(`${name} ${t}`, run()),
+    });
+  }
+}
+
+// The same matrices stored as row pairs, as weights copied at load are (Q4_0 and Q8_0: the 7B-shape
+// synthetic model's types).
+const rowPairTypes = types.filter((name) => name === "q4_0" || name === "q8_0");
+for (const name of rowPairTypes) {
+  const info = ggmlTypeByName(name)!;
+  const rows = Math.round(weightBytes / ((cols / info.blockElems) * info.blockBytes) / 2) * 2;
+  for (const t of threadCounts) {
+    const run = lazyBench(kinds.matvecRowPairs, info.id, rows, 1, t);
+    Deno.bench({
+      name: `matvec ${name} ${rows}x${cols}, row pairs, ${t} thread(s)`,
+      group: `memory ${t}T`,
+      fn: () => record(`${name} pairs ${t}`, run()),
     });
   }
 }
@@ -243,6 +268,14 @@ table(`Memory bandwidth and decode kernels (${machine()}); best GB/s of the run`
     const g = threadCounts.map((t) => best.get(`${name} ${t}`) ?? NaN);
     rows.push([
       `matvec ${name}`,
+      ...g.map((v) => v.toFixed(1)),
+      ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
+    ]);
+  }
+  for (const name of rowPairTypes) {
+    const g = threadCounts.map((t) => best.get(`${name} pairs ${t}`) ?? NaN);
+    rows.push([
+      `matvec ${name}, row pairs`,
       ...g.map((v) => v.toFixed(1)),
       ...g.map((v, i) => `${((v / mem[i]) * 100).toFixed(0)}%`),
     ]);

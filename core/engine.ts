@@ -96,13 +96,20 @@ export class NativeModel {
   /**
    * Copies the weights out of the file mapping into anonymous memory (huge pages) and drops the
    * mapping's pages: all of them, or with `withFfn` false those outside the FFNs; on `threads`
-   * threads (faulting the fresh memory in is most of the cost).
+   * threads (faulting the fresh memory in is most of the cost). With `backendTable` (the plugin the
+   * sessions will use; before any is open), the matrices it computes with as row pairs are stored
+   * so.
    *
    * @throws {SparrowError} `out_of_memory` when the copy cannot be allocated.
    */
-  copyWeights(withFfn: boolean, threads: number): void {
+  copyWeights(withFfn: boolean, threads: number, backendTable: Deno.PointerValue = null): void {
     const ptr = this.pointer;
-    unwrap(core().sp_model_copy_weights(ptr, withFfn ? 1 : 0, threads), () => lastError(ptr, null));
+    unwrap(core().sp_model_copy_weights(ptr, withFfn ? 1 : 0, threads, backendTable), () => lastError(ptr, null));
+  }
+
+  /** How many matrices `copyWeights` stored as row pairs. */
+  get rowPairMatrices(): number {
+    return core().sp_model_row_pairs(this.pointer);
   }
 
   /** Sessions open on this model. */

@@ -14,7 +14,7 @@ import { ioSymbols } from "./ffi_io.ts";
 /** C ABI version this file speaks (`abi_version` in zig/src/api.zig). */
 export const coreAbiVersion = 2;
 /** Plugin table version (`api_version` in zig/src/backend_api.zig). */
-export const pluginApiVersion = 2;
+export const pluginApiVersion = 3;
 /** Model description version (`desc_version` in zig/src/engine/model_desc.zig). */
 export const modelDescVersion = 1;
 
@@ -41,8 +41,10 @@ const symbols = {
   sp_model_open: { parameters: ["buffer", "u64", "buffer", "u64", "buffer"], result: "i32" },
   /** u64 sp_memory_available(): MemAvailable, lowered to the room under the memory cgroup's limit; 0 unknown */
   sp_memory_available: { parameters: [], result: "u64" },
-  /** i32 sp_model_copy_weights(Model* model, u32 with_ffn, u32 threads) */
-  sp_model_copy_weights: { parameters: ["pointer", "u32", "u32"], result: "i32" },
+  /** i32 sp_model_copy_weights(Model* model, u32 with_ffn, u32 threads, const BackendApi* table or null) */
+  sp_model_copy_weights: { parameters: ["pointer", "u32", "u32", "pointer"], result: "i32" },
+  /** u32 sp_model_row_pairs(const Model*) */
+  sp_model_row_pairs: { parameters: ["pointer"], result: "u32" },
   /** i32 sp_model_close(Model* model) */
   sp_model_close: { parameters: ["pointer"], result: "i32" },
   /** i32 sp_session_create(Model* model, const BackendApi* table, const SessionOptions* opts, Session** out) */

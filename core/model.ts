@@ -130,6 +130,13 @@ export interface ModelInfo {
   tiedEmbeddings: boolean;
   /** Where the weights were placed at load ({@link WeightPlacement}, "auto" resolved). */
   weights: "copy" | "map";
+  /**
+   * Matrices the copy stores as row pairs, read as one stream by the backend's matrix-vector
+   * kernel: the attention and output matrices of 32-element block types (Q4_0, Q8_0, ...) whose
+   * rows hold whole batches of 8 blocks, where the backend supports it. 0 when the weights are
+   * mapped.
+   */
+  rowPairMatrices: number;
 }
 
 function positiveInt(name: string, v: number, max: number): number {
@@ -165,6 +172,7 @@ function placeWeights(
   wanted: WeightPlacement,
   weightBytes: number,
   threads: number,
+  backend: string,
   onCopy?: (bytes: number) => void,
 ): "copy" | "map" {
   if (wanted !== "auto" && wanted !== "copy" && wanted !== "map") {
@@ -177,7 +185,7 @@ function placeWeights(
   }
   onCopy?.(weightBytes);
   try {
-    native.copyWeights(true, threads);
+    native.copyWeights(true, threads, loadBackend(backend).table);
   } catch (e) {
     // "auto" guessed wrong about the memory (another process took it meanwhile): keep the mapping.
     if (wanted === "auto" && e instanceof SparrowError && e.code === "out_of_memory") return "map";
@@ -500,6 +508,7 @@ export function loadModel(path: string, options: LoadModelOptions = {}): Promise
       fileSize: gguf.fileSize,
       tiedEmbeddings: tensors.output === undefined,
       weights: "map",
+      rowPairMatrices: 0,
     };
     const native = NativeModel.open(path, encodeModelDesc(hparams, tensors));
     try {
@@ -508,8 +517,10 @@ export function loadModel(path: string, options: LoadModelOptions = {}): Promise
         options.weights ?? "auto",
         weightBytes,
         resolved.threads,
+        resolved.backend,
         options.onWeightsCopy,
       );
+      info.rowPairMatrices = native.rowPairMatrices;
     } catch (e) {
       native.close();
       throw e;

@@ -15,15 +15,23 @@ import { preloadNativeLibraries, refuses, skip } from "./_models.ts";
 
 preloadNativeLibraries();
 
-const shape = { dim: 128, ffnDim: 384, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 300, contextLength: 64 };
+// dim 256 and ffn 512: rows of whole 8-block batches, so a copy stores every matrix but the token
+// embeddings as row pairs. The comparison with the mapping covers them in prefill and decode, and
+// (sparse) the neuron store built from them.
+const shape = { dim: 256, ffnDim: 512, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 300, contextLength: 64 };
 const tokens = [1, 5, 200, 17, 42, 299, 3, 88];
 
+/** Logits of every prompt token (prefill), then of one more token (decode). */
 async function logits(path: string, weights: "copy" | "map", sparse: boolean): Promise<Float32Array[]> {
   using model = await loadModel(path, { threads: 2, contextLength: 32, weights });
   assert.equal(model.info.weights, weights);
+  // Per layer q, k, v, output projection, gate, up, down; and the classifier.
+  assert.equal(model.info.rowPairMatrices, weights === "copy" ? 2 * 7 + 1 : 0);
   if (sparse) await model.prepareSparse({});
   using s = model.createSession({ allLogits: true, sparse: sparse ? { mode: "oracle", batches: true } : undefined });
-  return await s.evaluate(tokens);
+  const prefill = await s.evaluate(tokens);
+  const decode = await s.evaluate([...tokens, 7]);
+  return [...prefill, decode[decode.length - 1]];
 }
 
 Deno.test("weights: copied and mapped weights give the same logits, dense and sparse", async () => {

@@ -21,6 +21,7 @@ const offload_desc = @import("offload/offload_desc.zig");
 const Capture = @import("sparse/capture.zig").Capture;
 const neuron_store = @import("sparse/neuron_store.zig");
 const ThreadPool = @import("engine/thread_pool.zig").ThreadPool;
+const Backend = @import("engine/backend.zig").Backend;
 const train = @import("sparse/train.zig");
 const subspace_fit = @import("sparse/subspace_fit.zig");
 const kernel_bench = @import("bench/kernel_bench.zig");
@@ -72,9 +73,26 @@ export fn sp_model_open(path: [*]const u8, path_len: u64, desc_ptr: [*]const u8,
 
 /// Copies the model's weights (`with_ffn` 0: those outside the FFNs; 1: all) out of the file mapping
 /// into anonymous memory on `threads` threads (Model.copyWeights).
-export fn sp_model_copy_weights(model: *Model, with_ffn: u32, threads: u32) i32 {
-    model.copyWeights(with_ffn != 0, threads) catch return model.sink.fail(.out_of_memory, "out of memory copying the model's weights ({s}) into memory", .{if (with_ffn != 0) "all of them" else "those outside the FFNs"}).code();
+/// With a backend table (the plugin the model's sessions will use; before any session is open),
+/// matrices that backend computes with as row pairs are stored so (model.zig `copyWeights`). A table
+/// that does not validate or init only means none are.
+export fn sp_model_copy_weights(model: *Model, with_ffn: u32, threads: u32, table: ?*const backend_api.BackendApi) i32 {
+    var backend: ?Backend = null;
+    if (table) |t| {
+        if (model.sessions.load(.acquire) != 0)
+            return model.sink.fail(.busy, "sessions are open on the model: its weights cannot be repacked now", .{}).code();
+        var ignored: Status = .ok;
+        var scratch_sink = status.ErrorSink{};
+        backend = Backend.init(t, &scratch_sink, &ignored) catch null;
+    }
+    defer if (backend) |*b| b.deinit();
+    model.copyWeights(with_ffn != 0, threads, if (backend) |*b| b else null) catch return model.sink.fail(.out_of_memory, "out of memory copying the model's weights ({s}) into memory", .{if (with_ffn != 0) "all of them" else "those outside the FFNs"}).code();
     return Status.ok.code();
+}
+
+/// How many of the model's matrices `sp_model_copy_weights` stored as row pairs.
+export fn sp_model_row_pairs(model: *const Model) u32 {
+    return model.row_pair_matrices;
 }
 
 /// Bytes of memory this process may still take (engine/memory_info.zig: MemAvailable, lowered to the
@@ -374,5 +392,6 @@ test {
     _ = @import("offload/offload_store.zig");
     _ = @import("sparse/down_order.zig");
     _ = memory_info;
+    _ = @import("engine/weight_rows.zig");
     _ = status;
 }

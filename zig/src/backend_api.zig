@@ -8,7 +8,7 @@
 const std = @import("std");
 
 /// Bump on any change to the layout or meaning of `BackendApi` or the structs it takes.
-pub const api_version: u32 = 2;
+pub const api_version: u32 = 3;
 
 /// The symbol every backend plugin exports: `fn () callconv(.c) *const BackendApi`.
 pub const entry_symbol = "sparrow_backend_get";
@@ -18,6 +18,20 @@ pub const Op = enum(u32) {
     matmul = 1,
     sparse_matvec = 2,
     axpy_rows = 3,
+    /// `matvec` and `matmul` over matrices stored as row pairs (`Layout.row_pairs`) of this type.
+    row_pairs = 4,
+};
+
+/// How a matrix's rows lie in memory.
+pub const Layout = enum(u32) {
+    /// Row r at data + r * row_bytes, its blocks in order (GGUF's layout).
+    rows = 0,
+    /// For 32-element block types with rows of whole 8-block batches and an even row count: rows
+    /// 2p and 2p + 1 span the same 2 * row_bytes, as row 2p's first 8 blocks, row 2p + 1's first 8,
+    /// row 2p's next 8, and so on (kernels/dot.zig `repackRowPairs`). The core asks for it only
+    /// where the backend `supports(row_pairs, dtype)`, and hands such matrices to `matvec` and
+    /// `matmul` only, on even row ranges.
+    row_pairs = 1,
 };
 
 /// A weight matrix as the core holds it: rows of `n_cols` elements of `dtype`, `row_bytes` apart.
@@ -28,7 +42,8 @@ pub const WeightView = extern struct {
     n_cols: u64,
     n_rows: u64,
     dtype: u32,
-    reserved: u32 = 0,
+    /// A `Layout`.
+    layout: u32 = 0,
 };
 
 /// Where a backend writes a message when `init` fails (the core's ErrorSink buffer).

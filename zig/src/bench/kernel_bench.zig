@@ -34,6 +34,9 @@ pub const Kind = enum(u32) {
     /// Decode attention of one layer: `attention_kv_heads` kv heads, each with `rows` cached positions
     /// of `cols` (head_dim) f32 keys and values and `tokens` query heads (the group).
     attention = 6,
+    /// `matvec` over the matrix stored as row pairs (dot.repackRowPairs), as weights copied at load
+    /// are: `rows` is rounded down to even, and the type and `cols` must fit (dot.rowPairsFit).
+    matvec_row_pairs = 7,
 
     fn selects(k: Kind) bool {
         return k == .gathered or k == .axpy or k == .mem_gathered;
@@ -74,6 +77,7 @@ pub const Bench = struct {
         if (threads == 0 or threads > 256 or rows == 0 or cols == 0) return error.InvalidArgument;
         if (kind == .axpy and (!kernels.axpy.supported(dtype) or cols % 32 != 0)) return error.Unsupported;
         if (kind == .attention) return createAttention(dtype, rows, cols, tokens, threads);
+        if (kind == .matvec_row_pairs and !dot.rowPairsFit(dtype, rows / 2 * 2, cols)) return error.Unsupported;
         const self = try allocator.create(Bench);
         errdefer allocator.destroy(self);
         const row_bytes = if (kind.readsBytes()) cols else (if (dtype.isWeightType()) dtype.rowBytes(cols) orelse return error.Unsupported else return error.Unsupported);
@@ -95,6 +99,11 @@ pub const Bench = struct {
             rng.bytes(data);
         } else {
             for (0..rows) |r| dot.fillRandomRow(rng, dtype, cols, data[r * row_bytes ..][0..row_bytes]);
+            if (kind == .matvec_row_pairs) {
+                const scratch = try allocator.alloc(u8, 2 * row_bytes);
+                defer allocator.free(scratch);
+                dot.repackRowPairs(dtype, data.ptr, row_bytes, 0, rows / 2 * 2, scratch);
+            }
             const x = try allocator.alloc(f32, cols);
             defer allocator.free(x);
             for (0..n_tokens) |t| {
@@ -190,6 +199,7 @@ pub const Bench = struct {
 
     /// Bytes of memory (or weights) one run reads.
     pub fn bytes(self: *const Bench) usize {
+        if (self.kind == .matvec_row_pairs) return self.rows / 2 * 2 * self.row_bytes;
         return if (self.kind.selects()) self.sel.len * self.row_bytes else self.data.len;
     }
 
@@ -203,6 +213,7 @@ pub const Bench = struct {
                 // Chunks as the engine cuts them (forward.zig's matmulFused): guided, multiples of 16.
                 self.pool.runGuided(self, matvecJob, self.rows, 16);
             },
+            .matvec_row_pairs => self.pool.runGuided(self, matvecRowPairsJob, self.rows / 2 * 2, 16),
             .matmul => self.pool.run(self, matmulJob, self.rows, 64),
             .gathered => self.pool.run(self, gatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
             .mem_gathered => self.pool.run(self, memGatheredJob, (self.sel.len + cluster - 1) / cluster, 1),
@@ -273,6 +284,11 @@ pub const Bench = struct {
         dot.matvecRows(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.y.ptr, begin, end);
     }
 
+    fn matvecRowPairsJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
+        const self: *Bench = @ptrCast(@alignCast(ctx));
+        dot.matvecRowPairs(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.y.ptr, begin, end);
+    }
+
     fn gatheredJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
         const self: *Bench = @ptrCast(@alignCast(ctx));
         for (begin..end) |c| {
@@ -294,6 +310,6 @@ pub const Bench = struct {
 
     fn matmulJob(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
         const self: *Bench = @ptrCast(@alignCast(ctx));
-        kernels.matmul.matmul(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.act_stride, self.tokens, self.y.ptr, self.rows, begin, end);
+        kernels.matmul.matmul(self.dtype, self.data.ptr, self.row_bytes, self.cols, self.act.ptr, self.act_stride, self.tokens, self.y.ptr, self.rows, begin, end, false);
     }
 };

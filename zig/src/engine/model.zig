@@ -2,8 +2,11 @@
 //! Immutable once opened, so any number of sessions may share it.
 const std = @import("std");
 const desc = @import("model_desc.zig");
-const DType = @import("kernels").DType;
-const WeightView = @import("backend_api").WeightView;
+const kernels = @import("kernels");
+const DType = kernels.DType;
+const api = @import("backend_api");
+const WeightView = api.WeightView;
+const Backend = @import("backend.zig").Backend;
 const MappedFile = @import("../io/mapped_file.zig").MappedFile;
 const huge_pages = @import("huge_pages.zig");
 const ErrorSink = @import("../status.zig").ErrorSink;
@@ -71,6 +74,8 @@ pub const Model = struct {
     /// FFNs, and the FFNs' too when `ffn_copied`.
     weights_copy: []align(64) u8 = &.{},
     ffn_copied: bool = false,
+    /// Matrices of the copy stored as row pairs (`copyWeights` with a backend).
+    row_pair_matrices: u32 = 0,
     sink: ErrorSink = .{},
 
     /// Maps `path` and validates `desc_bytes` (a ModelDesc followed by its LayerDescs) against it.
@@ -173,9 +178,16 @@ pub const Model = struct {
     /// backs freed memory lazily) touching 4 GiB took 10.4-10.6 s on one thread and 5.6-5.8 s on two
     /// (0.85-0.96 s and 0.35 s right after a run).
     ///
-    /// Once only (a second call does nothing). Safe while sessions run: the views move to the copies
-    /// only once every byte is in place, the copies hold the same bytes, and the mapping stays mapped.
-    pub fn copyWeights(self: *Model, with_ffn: bool, threads: usize) error{OutOfMemory}!void {
+    /// With `backend` (the plugin the model's sessions will use), the attention, output and (with
+    /// `with_ffn`) FFN matrices are stored as row pairs where the backend computes with them so
+    /// (`api.Layout.row_pairs`): one stream per pair of rows for the matrix-vector product. Only
+    /// before any session is open: a session reading a view while its data and layout change would
+    /// mix the two.
+    ///
+    /// Once only (a second call does nothing). Without `backend`, safe while sessions run: the views
+    /// move to the copies only once every byte is in place, the copies hold the same bytes, and the
+    /// mapping stays mapped.
+    pub fn copyWeights(self: *Model, with_ffn: bool, threads: usize, backend: ?*const Backend) error{OutOfMemory}!void {
         if (self.weights_copy.len != 0) return;
         const tied = self.output.data == self.token_embd.data;
         const pieces = try self.allocator.alloc(CopyPiece, 3 + 9 * self.layers.len);
@@ -196,6 +208,18 @@ pub const Model = struct {
         huge_pages.advise(dst);
         plan.copyAll(self.file.bytes, dst, @max(threads, 1));
         for (plan.pieces[0..plan.n]) |piece| piece.retarget(dst);
+        if (backend) |b| {
+            var pairs = RowPairs{};
+            if (!tied) pairs.add(b, &self.output);
+            for (self.layers) |*layer| {
+                inline for (.{ "attn_q", "attn_k", "attn_v", "attn_output" }) |f| pairs.add(b, &@field(layer.*, f));
+                if (with_ffn) {
+                    inline for (ffn_matrices) |f| pairs.add(b, &@field(layer.*, f));
+                }
+            }
+            pairs.repackAll(@max(threads, 1));
+            self.row_pair_matrices = @intCast(pairs.n);
+        }
         if (tied) self.output.data = self.token_embd.data;
         self.listMatrices();
         // Whatever was not copied (the FFNs, when offloaded) is not read from the mapping either:
@@ -213,6 +237,53 @@ pub const Model = struct {
         allocator.free(self.layers);
         allocator.free(self.matrices);
         allocator.destroy(self);
+    }
+};
+
+/// The matrices of a copy to store as row pairs (kernels/dot.zig `repackRowPairs`), repacked in
+/// place on several threads, each over its own share of the pairs.
+const RowPairs = struct {
+    views: [max_views]*WeightView = undefined,
+    n: usize = 0,
+    pairs: usize = 0,
+
+    const max_views = 7 * 1024 + 1;
+    /// Scratch per thread: a pair of rows (dim 8192 in Q8_0 takes 17 KiB).
+    const max_pair_bytes = 64 * 1024;
+
+    fn add(self: *RowPairs, backend: *const Backend, v: *WeightView) void {
+        const t: DType = @enumFromInt(v.dtype);
+        if (self.n == max_views or !kernels.dot.rowPairsFit(t, v.n_rows, v.n_cols) or 2 * v.row_bytes > max_pair_bytes) return;
+        if (!backend.supports(.row_pairs, t)) return;
+        self.views[self.n] = v;
+        self.n += 1;
+        self.pairs += v.n_rows / 2;
+    }
+
+    fn repackAll(self: *RowPairs, threads: usize) void {
+        const n = @min(threads, 64);
+        var workers: [64]?std.Thread = .{null} ** 64;
+        for (1..n) |k| workers[k] = std.Thread.spawn(.{}, repackShare, .{ self, k, n }) catch null;
+        self.repackShare(0, n);
+        for (1..n) |k| {
+            if (workers[k]) |t| t.join() else self.repackShare(k, n);
+        }
+        for (self.views[0..self.n]) |v| v.layout = @intFromEnum(api.Layout.row_pairs);
+    }
+
+    /// Pairs [k * pairs / n, (k + 1) * pairs / n) counted across the views in order.
+    fn repackShare(self: *const RowPairs, k: usize, n: usize) void {
+        var scratch: [max_pair_bytes]u8 = undefined;
+        const lo = self.pairs * k / n;
+        const hi = self.pairs * (k + 1) / n;
+        var first: usize = 0;
+        for (self.views[0..self.n]) |v| {
+            const count = v.n_rows / 2;
+            const a = @max(lo, first);
+            const b = @min(hi, first + count);
+            if (a < b) kernels.dot.repackRowPairs(@enumFromInt(v.dtype), @constCast(v.data), v.row_bytes, 2 * (a - first), 2 * (b - first), &scratch);
+            first += count;
+        }
     }
 };
 

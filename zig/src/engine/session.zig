@@ -348,6 +348,8 @@ fn checkBackendSupport(backend: *const Backend, model: *const Model, sink: *Erro
         const dt: DType = @enumFromInt(w.dtype);
         if (!backend.supports(.matvec, dt))
             return sink.fail(.unsupported, "backend '{s}' cannot compute with {s} weights", .{ backend.name(), dt.name() });
+        if (w.layout == @intFromEnum(api.Layout.row_pairs) and !backend.supports(.row_pairs, dt))
+            return sink.fail(.unsupported, "backend '{s}' cannot read {s} weights stored as row pairs (the model's weights were copied for another backend: load it with weights \"map\")", .{ backend.name(), dt.name() });
     }
     return null;
 }

@@ -22,11 +22,12 @@ const tile_tokens_32 = 4;
 const tile_tokens_k = 4;
 
 /// y[t * y_stride + r] = dot(row r, act t) for r in [r0, r1), t in [0, n_tokens); act t at
-/// act + t * act_stride, prepared by dot.prepareActivation.
-pub fn matmul(w: DType, data: [*]const u8, row_bytes: usize, n_cols: usize, act: [*]const u8, act_stride: usize, n_tokens: usize, y: [*]f32, y_stride: usize, r0: usize, r1: usize) void {
+/// act + t * act_stride, prepared by dot.prepareActivation. `row_pairs`: the matrix is stored as
+/// row pairs (dot.repackRowPairs; a 32-element block type) and r0, r1 are even.
+pub fn matmul(w: DType, data: [*]const u8, row_bytes: usize, n_cols: usize, act: [*]const u8, act_stride: usize, n_tokens: usize, y: [*]f32, y_stride: usize, r0: usize, r1: usize, row_pairs: bool) void {
     switch (w) {
-        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| tiles(t, tile_rows_32, tile_tokens_32, data, row_bytes, n_cols, act, act_stride, n_tokens, y, y_stride, r0, r1),
-        inline .q4_k, .q5_k, .q6_k => |t| tiles(t, 1, tile_tokens_k, data, row_bytes, n_cols, act, act_stride, n_tokens, y, y_stride, r0, r1),
+        inline .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 => |t| tiles(t, tile_rows_32, tile_tokens_32, data, row_bytes, n_cols, act, act_stride, n_tokens, y, y_stride, r0, r1, row_pairs),
+        inline .q4_k, .q5_k, .q6_k => |t| tiles(t, 1, tile_tokens_k, data, row_bytes, n_cols, act, act_stride, n_tokens, y, y_stride, r0, r1, false),
         else => for (r0..r1) |r| {
             for (0..n_tokens) |t| y[t * y_stride + r] = dot.dot(w, data + r * row_bytes, act + t * act_stride, n_cols);
         },
@@ -34,15 +35,18 @@ pub fn matmul(w: DType, data: [*]const u8, row_bytes: usize, n_cols: usize, act:
 }
 
 /// Covers the rows x tokens rectangle with R x T tiles, then narrower tiles for the edges.
-fn tiles(comptime w_type: DType, comptime R: usize, comptime T: usize, data: [*]const u8, row_bytes: usize, n_cols: usize, act: [*]const u8, act_stride: usize, n_tokens: usize, y: [*]f32, y_stride: usize, r0: usize, r1: usize) void {
+fn tiles(comptime w_type: DType, comptime R: usize, comptime T: usize, data: [*]const u8, row_bytes: usize, n_cols: usize, act: [*]const u8, act_stride: usize, n_tokens: usize, y: [*]f32, y_stride: usize, r0: usize, r1: usize, row_pairs: bool) void {
     const Edge = struct {
-        fn run(comptime r_n: usize, comptime t_n: usize, d: [*]const u8, rb: usize, nc: usize, a: [*]const u8, as: usize, yy: [*]f32, ys: usize, r: usize, t: usize) void {
+        fn run(comptime r_n: usize, comptime t_n: usize, d: [*]const u8, rb: usize, nc: usize, a: [*]const u8, as: usize, yy: [*]f32, ys: usize, r: usize, t: usize, pairs: bool) void {
+            // A row's first block, and the distance between its 8-block batches: in a row pair
+            // the odd row starts one batch in, and each row's batches alternate with the other's.
+            const bb = comptime if (w_type.blockElems().? == quant.qk) w_type.blockBytes().? else 0;
             var rows: [r_n][*]const u8 = undefined;
-            inline for (0..r_n) |i| rows[i] = d + (r + i) * rb;
+            inline for (0..r_n) |i| rows[i] = if (pairs) d + ((r + i) & ~@as(usize, 1)) * rb + ((r + i) & 1) * 8 * bb else d + (r + i) * rb;
             var acts: [t_n][*]const u8 = undefined;
             inline for (0..t_n) |j| acts[j] = a + (t + j) * as;
             var out: [r_n][t_n]f32 = undefined;
-            tile(w_type, r_n, t_n, rows, acts, nc, &out);
+            tile(w_type, r_n, t_n, rows, acts, nc, if (pairs) 16 * bb else 8 * bb, &out);
             inline for (0..r_n) |i| inline for (0..t_n) |j| {
                 yy[(t + j) * ys + r + i] = out[i][j];
             };
@@ -58,13 +62,13 @@ fn tiles(comptime w_type: DType, comptime R: usize, comptime T: usize, data: [*]
         var t: usize = 0;
         while (t + T <= n_tokens) : (t += T) {
             var r = c0;
-            while (r + R <= c1) : (r += R) Edge.run(R, T, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t);
-            while (r < c1) : (r += 1) Edge.run(1, T, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t);
+            while (r + R <= c1) : (r += R) Edge.run(R, T, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t, row_pairs);
+            while (r < c1) : (r += 1) Edge.run(1, T, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t, row_pairs);
         }
         while (t < n_tokens) : (t += 1) {
             var r = c0;
-            while (r + R <= c1) : (r += R) Edge.run(R, 1, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t);
-            while (r < c1) : (r += 1) Edge.run(1, 1, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t);
+            while (r + R <= c1) : (r += R) Edge.run(R, 1, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t, row_pairs);
+            while (r < c1) : (r += 1) Edge.run(1, 1, data, row_bytes, n_cols, act, act_stride, y, y_stride, r, t, row_pairs);
         }
     }
 }
@@ -72,11 +76,12 @@ fn tiles(comptime w_type: DType, comptime R: usize, comptime T: usize, data: [*]
 /// Weight bytes per row chunk: a quarter of a typical 512 KiB-1 MiB L2, leaving room for the inputs.
 const l2_budget_bytes = 128 * 1024;
 
-fn tile(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R][*]const u8, acts: [T][*]const u8, n_cols: usize, out: *[R][T]f32) void {
+/// `batch_stride`: bytes from one 8-block batch of a row to its next (32-element block types).
+fn tile(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R][*]const u8, acts: [T][*]const u8, n_cols: usize, batch_stride: usize, out: *[R][T]f32) void {
     switch (w_type) {
         .q4_k, .q5_k => tileQ4K(w_type, R, T, rows, acts, n_cols / quant.qk_k, out),
         .q6_k => tileQ6K(R, T, rows, acts, n_cols / quant.qk_k, out),
-        else => tile32(w_type, R, T, rows, acts, n_cols, out),
+        else => tile32(w_type, R, T, rows, acts, n_cols, batch_stride, out),
     }
 }
 
@@ -98,7 +103,7 @@ inline fn pairDot(comptime w_type: DType, q: U8x32, blk: [*]const u8, x: I8x32) 
     return simd.dotU8I8(q, x);
 }
 
-fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R][*]const u8, acts: [T][*]const u8, n_cols: usize, out: *[R][T]f32) void {
+fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R][*]const u8, acts: [T][*]const u8, n_cols: usize, batch_stride: usize, out: *[R][T]f32) void {
     const bb = comptime w_type.blockBytes().?;
     const nb = n_cols / quant.qk;
     var x: [T]Q8Act = undefined;
@@ -107,16 +112,17 @@ fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R
     var b: usize = 0;
     while (b + 8 <= nb) : (b += 8) {
         var dd: [R][T][8]f32 = undefined;
+        const at = b / 8 * batch_stride;
         inline for (0..R) |i| {
-            const dw = simd.scales8(rows[i] + b * bb, bb);
+            const dw = simd.scales8(rows[i] + at, bb);
             inline for (0..T) |j| dd[i][j] = dw * @as(F32x8, x[j].dx[b..][0..8].*);
         }
         inline for (0..8) |k| {
             var q: [R]U8x32 = undefined;
-            inline for (0..R) |i| q[i] = unpack32(w_type, rows[i] + (b + k) * bb);
+            inline for (0..R) |i| q[i] = unpack32(w_type, rows[i] + at + k * bb);
             inline for (0..T) |j| {
                 const xq: I8x32 = x[j].qs[b + k];
-                inline for (0..R) |i| acc[i][j] = simd.fma8(dd[i][j][k], pairDot(w_type, q[i], rows[i] + (b + k) * bb, xq), acc[i][j]);
+                inline for (0..R) |i| acc[i][j] = simd.fma8(dd[i][j][k], pairDot(w_type, q[i], rows[i] + at + k * bb, xq), acc[i][j]);
             }
         }
     }
@@ -141,7 +147,7 @@ fn tile32(comptime w_type: DType, comptime R: usize, comptime T: usize, rows: [R
         var c: usize = 0;
         while (c + 8 <= nb) : (c += 8) {
             inline for (0..R) |i| {
-                const s = simd.scales8(rows[i] + c * bb + at, bb);
+                const s = simd.scales8(rows[i] + c / 8 * batch_stride + at, bb);
                 inline for (0..T) |j| off[i][j] = @mulAdd(F32x8, s, x[j].sums[c..][0..8].*, off[i][j]);
             }
         }
@@ -254,34 +260,79 @@ fn tileQ6K(comptime R: usize, comptime T: usize, rows: [R][*]const u8, acts: [T]
     };
 }
 
-test "tiled matmul equals the row kernels for every type and edge shape" {
-    const gpa = std.testing.allocator;
-    var prng = std.Random.DefaultPrng.init(99);
-    const rng = prng.random();
-    const types = [_]DType{ .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_k, .q5_k, .q6_k, .f32, .f16, .bf16 };
-    for (types) |w| {
-        const n_cols: usize = if (w.blockElems().? == 256) 768 else 288; // 288: 9 blocks, exercises the tails
-        const n_rows = 5;
-        const n_tokens = 7;
+/// Random weights and `n_tokens` prepared random inputs, for the tests.
+const Fixture = struct {
+    gpa: std.mem.Allocator,
+    rb: usize,
+    data: []u8,
+    stride: usize,
+    act: []align(64) u8,
+
+    fn init(gpa: std.mem.Allocator, rng: std.Random, w: DType, n_cols: usize, n_rows: usize, n_tokens: usize) !Fixture {
         const rb = w.rowBytes(n_cols).?;
         const data = try gpa.alloc(u8, rb * n_rows);
-        defer gpa.free(data);
+        errdefer gpa.free(data);
         for (0..n_rows) |r| dot.fillRandomRow(rng, w, n_cols, data[r * rb ..][0..rb]);
         const stride = std.mem.alignForward(usize, dot.activationBytes(w, n_cols), 64);
         const act = try gpa.alignedAlloc(u8, 64, stride * n_tokens);
-        defer gpa.free(act);
+        errdefer gpa.free(act);
         const x = try gpa.alloc(f32, n_cols);
         defer gpa.free(x);
         for (0..n_tokens) |t| {
             for (x) |*v| v.* = rng.floatNorm(f32);
             dot.prepareActivation(w, x, act[t * stride ..][0..stride]);
         }
+        return .{ .gpa = gpa, .rb = rb, .data = data, .stride = stride, .act = act };
+    }
+
+    fn deinit(self: *Fixture) void {
+        self.gpa.free(self.data);
+        self.gpa.free(self.act);
+    }
+};
+
+test "tiled matmul equals the row kernels for every type and edge shape" {
+    var prng = std.Random.DefaultPrng.init(99);
+    const types = [_]DType{ .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_k, .q5_k, .q6_k, .f32, .f16, .bf16 };
+    for (types) |w| {
+        const n_cols: usize = if (w.blockElems().? == 256) 768 else 288; // 288: 9 blocks, exercises the tails
+        const n_rows = 5;
+        const n_tokens = 7;
+        var f = try Fixture.init(std.testing.allocator, prng.random(), w, n_cols, n_rows, n_tokens);
+        defer f.deinit();
         var y: [n_tokens * n_rows]f32 = undefined;
-        matmul(w, data.ptr, rb, n_cols, act.ptr, stride, n_tokens, &y, n_rows, 0, n_rows);
+        matmul(w, f.data.ptr, f.rb, n_cols, f.act.ptr, f.stride, n_tokens, &y, n_rows, 0, n_rows, false);
         for (0..n_tokens) |t| for (0..n_rows) |r| {
-            const want = dot.dot(w, data.ptr + r * rb, act.ptr + t * stride, n_cols);
+            const want = dot.dot(w, f.data.ptr + r * f.rb, f.act.ptr + t * f.stride, n_cols);
             // Same products, other summation order: f32 rounding only.
             try std.testing.expectApproxEqAbs(want, y[t * n_rows + r], 1e-4 * (@abs(want) + 1));
+        };
+    }
+}
+
+test "tiled matmul over row pairs gives bitwise what it gives over rows one after another" {
+    var prng = std.Random.DefaultPrng.init(23);
+    for ([_]DType{ .q8_0, .q4_0, .q4_1, .q5_0, .q5_1 }) |w| {
+        const n_cols: usize = 512; // two 8-block batches
+        const n_rows = 6;
+        const n_tokens = 5;
+        var f = try Fixture.init(std.testing.allocator, prng.random(), w, n_cols, n_rows, n_tokens);
+        defer f.deinit();
+        var plain: [n_tokens * n_rows]f32 = undefined;
+        matmul(w, f.data.ptr, f.rb, n_cols, f.act.ptr, f.stride, n_tokens, &plain, n_rows, 0, n_rows, false);
+        var scratch: [2 * 1024]u8 = undefined;
+        dot.repackRowPairs(w, f.data.ptr, f.rb, 0, n_rows, &scratch);
+        // Rows 2.. only: the rows before the range stay untouched.
+        var pairs: [n_tokens * n_rows]f32 = undefined;
+        @memset(&pairs, std.math.nan(f32));
+        matmul(w, f.data.ptr, f.rb, n_cols, f.act.ptr, f.stride, n_tokens, &pairs, n_rows, 2, n_rows, true);
+        for (0..n_tokens) |t| for (0..n_rows) |r| {
+            const got = pairs[t * n_rows + r];
+            if (r < 2) {
+                try std.testing.expect(std.math.isNan(got));
+            } else {
+                try std.testing.expectEqual(@as(u32, @bitCast(plain[t * n_rows + r])), @as(u32, @bitCast(got)));
+            }
         };
     }
 }

@@ -17,7 +17,9 @@ const huge_pages = @import("../engine/huge_pages.zig");
 const kernels = @import("kernels");
 const DType = kernels.DType;
 const quant = kernels.quant;
-const WeightView = @import("backend_api").WeightView;
+const api = @import("backend_api");
+const WeightView = api.WeightView;
+const weight_rows = @import("../engine/weight_rows.zig");
 const Model = @import("../engine/model.zig").Model;
 const ThreadPool = @import("../engine/thread_pool.zig").ThreadPool;
 const ErrorSink = @import("../status.zig").ErrorSink;
@@ -144,6 +146,8 @@ fn reorderRows(a: std.mem.Allocator, src: *const WeightView, perm: []const u32, 
     pool.run(&job, ReorderJob.run, perm.len, 256);
     var out = src.*;
     out.data = data.ptr;
+    // Rows one after another, whatever the model's copy keeps (the gathered-row kernels read them so).
+    out.layout = @intFromEnum(api.Layout.rows);
     return out;
 }
 
@@ -155,7 +159,7 @@ const ReorderJob = struct {
     fn run(ctx: *anyopaque, begin: usize, end: usize, _: usize) void {
         const self: *ReorderJob = @ptrCast(@alignCast(ctx));
         const rb = self.src.row_bytes;
-        for (begin..end) |k| @memcpy(self.dst[k * rb ..][0..rb], self.src.data[self.perm[k] * rb ..][0..rb]);
+        for (begin..end) |k| weight_rows.copyRow(self.src, self.perm[k], self.dst[k * rb ..][0..rb]);
     }
 };
 
@@ -185,9 +189,8 @@ const TransposeJob = struct {
         const self: *TransposeJob = @ptrCast(@alignCast(ctx));
         const qk = quant.qk;
         const tile = self.scratch[thread * qk * self.ffn ..][0 .. qk * self.ffn];
-        const src_type: DType = @enumFromInt(self.src.dtype);
         for (begin..end) |jb| {
-            for (0..qk) |r| quant.dequantizeRow(src_type, self.src.data + (jb * qk + r) * self.src.row_bytes, tile[r * self.ffn ..][0..self.ffn]);
+            for (0..qk) |r| weight_rows.dequantizeRow(self.src, jb * qk + r, tile[r * self.ffn ..][0..self.ffn]);
             for (self.perm, 0..) |i, k| {
                 var v: [qk]f32 = undefined;
                 for (&v, 0..) |*e, r| e.* = tile[r * self.ffn + i];

@@ -111,7 +111,7 @@ pub const SparseModel = struct {
         if (offload) |o| {
             // FFN weights copied into memory would sit outside the budget the bundles are read within.
             if (model.ffn_copied) return fail(status_out, sink.fail(.invalid_argument, "the model's FFN weights were copied into memory when it was loaded (weights \"copy\"); load it with weights \"map\" to offload its FFN neurons", .{}));
-            model.copyWeights(false, std.Thread.getCpuCount() catch 1) catch return fail(status_out, sink.fail(.out_of_memory, "out of memory copying the weights outside the FFNs", .{}));
+            model.copyWeights(false, std.Thread.getCpuCount() catch 1, null) catch return fail(status_out, sink.fail(.out_of_memory, "out of memory copying the weights outside the FFNs", .{}));
             for (layers, 0..) |layer, l| {
                 if (layer.predictor == null) return fail(status_out, sink.fail(.invalid_argument, "offloaded FFNs need a predictor for every layer; layer {d} has none", .{l}));
             }

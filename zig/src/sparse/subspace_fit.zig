@@ -14,6 +14,7 @@ const DType = kernels.DType;
 const WeightView = @import("backend_api").WeightView;
 const ThreadPool = @import("../engine/thread_pool.zig").ThreadPool;
 const GemmJob = @import("gemm_job.zig").GemmJob;
+const weight_rows = @import("../engine/weight_rows.zig");
 const Capture = @import("capture.zig").Capture;
 
 /// Extra directions of the range finder beyond the rank (its accuracy margin).
@@ -98,12 +99,11 @@ pub fn fitSubspace(a: std.mem.Allocator, pool: *ThreadPool, cap: *const Capture,
 
     // fc1 = Vᵀ W, a chunk of W's rows at a time.
     @memset(fc1, 0);
-    const wt: DType = @enumFromInt(gate.dtype);
     const wbuf = try arena.alloc(f32, w_chunk_rows * dim);
     var row0: usize = 0;
     while (row0 < ffn) : (row0 += w_chunk_rows) {
         const rows = @min(w_chunk_rows, ffn - row0);
-        for (0..rows) |i| quant.dequantizeRow(wt, gate.data + (row0 + i) * gate.row_bytes, wbuf[i * dim ..][0..dim]);
+        for (0..rows) |i| weight_rows.dequantizeRow(gate, row0 + i, wbuf[i * dim ..][0..dim]);
         var fj = GemmJob{ .kind = .tn, .a = fc2[row0 * r ..][0 .. rows * r], .b = wbuf[0 .. rows * dim], .c = fc1, .mdim = r, .n = dim, .k = rows };
         fj.exec(pool, r);
     }

@@ -24,6 +24,7 @@ fn supports(ctx: ?*anyopaque, op: u32, dtype: u32) callconv(.c) bool {
     return switch (o) {
         .matvec, .matmul, .sparse_matvec => t.isWeightType(),
         .axpy_rows => kernels.axpy.supported(t),
+        .row_pairs => dot.rowPairsFit(t, 2, 8 * 32),
     };
 }
 
@@ -45,6 +46,8 @@ fn prepareActivation(ctx: ?*anyopaque, weight_dtype: u32, x: [*]const f32, n: u6
 
 fn matvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, y: [*]f32, row_begin: u64, row_end: u64) callconv(.c) void {
     _ = ctx;
+    if (w.layout == @intFromEnum(api.Layout.row_pairs))
+        return dot.matvecRowPairs(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, y, row_begin, row_end);
     dot.matvecRows(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, y, row_begin, row_end);
 }
 
@@ -52,7 +55,7 @@ fn matvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, y: [*]f3
 /// several tokens.
 fn matmul(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, act_stride: u64, n_tokens: u64, y: [*]f32, y_stride: u64, row_begin: u64, row_end: u64) callconv(.c) void {
     _ = ctx;
-    kernels.matmul.matmul(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, act_stride, n_tokens, y, y_stride, row_begin, row_end);
+    kernels.matmul.matmul(@enumFromInt(w.dtype), w.data, w.row_bytes, w.n_cols, act, act_stride, n_tokens, y, y_stride, row_begin, row_end, w.layout == @intFromEnum(api.Layout.row_pairs));
 }
 
 fn sparseMatvec(ctx: ?*anyopaque, w: *const api.WeightView, act: [*]const u8, rows: [*]const u32, n: u64, y: [*]f32) callconv(.c) void {
