@@ -349,7 +349,11 @@ pub fn sparseFfn(s: *Session, l: usize, x: []const f32, out: []f32, dense: anyty
     } else {
         const ls_store = &sm.store.?.layers[l];
         var job = Job{ .s = s, .gate = &ls_store.gate, .up = &ls_store.up, .act_up = act_up, .gate_known = gate_known, .cats = ls.cats_threshold };
-        s.pool.run(&job, Job.run, n_clusters, 1);
+        // Guided: each thread takes runs of neighbouring clusters, whose rows lie near each other
+        // in the hot-first store, rather than every other cluster. 7B-shape synthetic, one process
+        // token by token against one cluster at a time: rows 12.9-13.3 -> 12.3-12.8 ms per token,
+        // decode 1.004-1.021x in four runs.
+        s.pool.runGuided(&job, Job.run, n_clusters, 1);
         // The clusters' firing neurons, one after the other: all of them in position order.
         var n_active: usize = 0;
         for (0..n_clusters) |c| {
