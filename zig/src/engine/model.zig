@@ -261,13 +261,7 @@ const RowPairs = struct {
     }
 
     fn repackAll(self: *RowPairs, threads: usize) void {
-        const n = @min(threads, 64);
-        var workers: [64]?std.Thread = .{null} ** 64;
-        for (1..n) |k| workers[k] = std.Thread.spawn(.{}, repackShare, .{ self, k, n }) catch null;
-        self.repackShare(0, n);
-        for (1..n) |k| {
-            if (workers[k]) |t| t.join() else self.repackShare(k, n);
-        }
+        onThreads(threads, @as(*const RowPairs, self), repackShare);
         for (self.views[0..self.n]) |v| v.layout = @intFromEnum(api.Layout.row_pairs);
     }
 
@@ -286,6 +280,19 @@ const RowPairs = struct {
         }
     }
 };
+
+/// Runs `work(context, k, n)` for every share k of n = min(threads, 64), on n threads: the caller
+/// and n - 1 it starts for the call (loading a model has no thread pool yet). A thread that cannot
+/// be started leaves its share to the caller.
+fn onThreads(threads: usize, context: anytype, comptime work: fn (@TypeOf(context), usize, usize) void) void {
+    const n = std.math.clamp(threads, 1, 64);
+    var workers: [64]?std.Thread = .{null} ** 64;
+    for (1..n) |k| workers[k] = std.Thread.spawn(.{}, work, .{ context, k, n }) catch null;
+    work(context, 0, n);
+    for (1..n) |k| {
+        if (workers[k]) |t| t.join() else work(context, k, n);
+    }
+}
 
 /// The bytes a view spans in its mapping or copy.
 fn viewBytes(v: WeightView) []const u8 {
@@ -328,23 +335,21 @@ const CopyPlan = struct {
         self.add(std.mem.sliceAsBytes(n.*), .{ .norm = n });
     }
 
-    /// Copies every piece into `dst` on `threads` threads (the caller one of them), each taking a
-    /// contiguous share of the copy's bytes, split on 2 MiB boundaries so that each huge page is
-    /// faulted by one thread. A thread that cannot be started leaves its share to the caller.
+    /// Copies every piece into `dst` on `threads` threads, each taking a contiguous share of the
+    /// copy's bytes, split on 2 MiB boundaries so that each huge page is faulted by one thread.
     fn copyAll(self: *const CopyPlan, file: []align(std.heap.page_size_min) const u8, dst: []align(64) u8, threads: usize) void {
-        const n = @min(threads, 64);
-        var workers: [64]?std.Thread = .{null} ** 64;
-        for (1..n) |k| {
-            const r = self.share(k, n);
-            workers[k] = std.Thread.spawn(.{}, copyRange, .{ self, file, dst, r.lo, r.hi }) catch null;
-        }
-        self.copyRange(file, dst, self.share(0, n).lo, self.share(0, n).hi);
-        for (1..n) |k| {
-            if (workers[k]) |t| t.join() else {
-                const r = self.share(k, n);
-                self.copyRange(file, dst, r.lo, r.hi);
+        const Copy = struct {
+            plan: *const CopyPlan,
+            file: []align(std.heap.page_size_min) const u8,
+            dst: []align(64) u8,
+
+            fn share(c: *const @This(), k: usize, n: usize) void {
+                const r = c.plan.share(k, n);
+                c.plan.copyRange(c.file, c.dst, r.lo, r.hi);
             }
-        }
+        };
+        const copy = Copy{ .plan = self, .file = file, .dst = dst };
+        onThreads(threads, &copy, Copy.share);
     }
 
     fn share(self: *const CopyPlan, k: usize, n: usize) struct { lo: usize, hi: usize } {
