@@ -40,6 +40,7 @@ const I8x32 = simd.I8x32;
 const I32x8 = simd.I32x8;
 const I16x16 = simd.I16x16;
 const F32x8 = simd.F32x8;
+const F32x16 = @Vector(16, f32);
 
 /// How the input vector is prepared for a weight type. Weights with the same format can share one
 /// prepared input (the engine fuses q/k/v and gate/up this way).
@@ -58,27 +59,42 @@ pub fn activationFormat(w: DType) ActFormat {
 pub fn activationBytes(w: DType, n: usize) usize {
     return switch (activationFormat(w)) {
         .f32 => 4 * n,
-        .q8 => Q8Act.valuesOffset(n / qk) + (n / qk) * qk,
+        .q8 => if (split_halves) Q8Act.splitOffset(n / qk) + (n / qk / 4) * 4 * qk else Q8Act.valuesOffset(n / qk) + (n / qk) * qk,
         .q8k => (n / qk_k) * @sizeOf(quant.BlockQ8_K),
     };
 }
 
+/// Whether q8 inputs also carry their values split into block halves (`Q8Act.split`), for the
+/// AVX-512 kernels of the 4-bit types (`batchGroupDots`).
+const split_halves = simd.x86.avx512_vnni;
+
 /// A `q8` input (see quant.quantizeRowQ8Split): per-block scales d and sums d*sum(q) as f32, contiguous
 /// so kernels load 8 at a time, then the 32 values of each block, 32-byte aligned. The buffer start
 /// must be 32-byte aligned (the engine's are 64).
+///
+/// With `split_halves`, the same values once more, 64-byte aligned, per group of four blocks: the
+/// first 16 values of each of the four (64 bytes), then their last 16 (64 bytes). A 4-bit block's
+/// 16 bytes hold its first 16 weights in the low nibbles and its last 16 in the high ones, so four
+/// blocks loaded into one register and masked (or shifted) line up with one 64-byte half each.
 pub const Q8Act = struct {
     dx: [*]const f32,
     sums: [*]const f32,
     qs: [*]const [qk]i8,
+    /// Groups of 4 blocks, 128 bytes each (only with `split_halves`; whole groups only).
+    split: [*]const u8,
 
     pub fn valuesOffset(nb: usize) usize {
         return std.mem.alignForward(usize, 8 * nb, 32);
     }
 
+    pub fn splitOffset(nb: usize) usize {
+        return std.mem.alignForward(usize, valuesOffset(nb) + nb * qk, 64);
+    }
+
     pub fn of(act: [*]const u8, n: usize) Q8Act {
         const nb = n / qk;
         const f: [*]const f32 = @ptrCast(@alignCast(act));
-        return .{ .dx = f, .sums = f + nb, .qs = @ptrCast(@alignCast(act + valuesOffset(nb))) };
+        return .{ .dx = f, .sums = f + nb, .qs = @ptrCast(@alignCast(act + valuesOffset(nb))), .split = act + splitOffset(nb) };
     }
 };
 
@@ -92,6 +108,15 @@ pub fn prepareActivation(w: DType, x: []const f32, out: []u8) void {
             const f: [*]f32 = @ptrCast(@alignCast(out.ptr));
             const qs: [*][qk]i8 = @ptrCast(@alignCast(out.ptr + Q8Act.valuesOffset(nb)));
             quant.quantizeRowQ8Split(x, qs[0..nb], f[0..nb], f[nb .. 2 * nb]);
+            if (split_halves) {
+                const split = out[Q8Act.splitOffset(nb)..];
+                for (0..nb / 4) |g| {
+                    for (0..4) |k| {
+                        @memcpy(split[g * 128 + 16 * k ..][0..16], std.mem.asBytes(&qs[4 * g + k])[0..16]);
+                        @memcpy(split[g * 128 + 64 + 16 * k ..][0..16], std.mem.asBytes(&qs[4 * g + k])[16..32]);
+                    }
+                }
+            }
         },
         .q8k => {
             const blocks: [*]align(1) quant.BlockQ8_K = @ptrCast(out.ptr);
@@ -197,10 +222,17 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
 const row_pairs_ahead = 1536;
 
 /// Whether a matrix of `n_rows` x `n_cols` of type `w` can be stored as row pairs: a 32-element
-/// block type, rows of whole 8-block batches, an even row count.
+/// block type, rows of whole 8-block batches and at most `row_pairs_max_cols`, an even row count.
 pub fn rowPairsFit(w: DType, n_rows: usize, n_cols: usize) bool {
-    return isBlock32(w) and n_cols % (8 * qk) == 0 and n_rows % 2 == 0;
+    return isBlock32(w) and n_cols % (8 * qk) == 0 and n_cols <= row_pairs_max_cols and n_rows % 2 == 0;
 }
+
+/// Longer rows stream more slowly as pairs than one after another. Kernel bench, 1 GB, 2 threads
+/// (Xeon KVM guest), pairs against rows: Q4_0 4096 columns 28.3-28.8 against 28.5 GB/s, 8192 27.0-27.6
+/// against 28.1, 14336 (a 7B FFN's down) 21.6-22.0 against 28.9-29.0; Q8_0 4096 31.0 against 28.6,
+/// 8192 25.2 against 29.0. (Why is not understood: the prefetch distance, 1.5-6 KiB into L1 or L2,
+/// did not change the 14336-column figure.)
+const row_pairs_max_cols = 4096;
 
 /// Rewrites a matrix (rows `row_bytes` apart, `rowPairsFit`) in place as row pairs: rows 2p and
 /// 2p + 1 keep the 2 * row_bytes they span, now as row 2p's first 8 blocks, row 2p + 1's first 8
@@ -523,6 +555,9 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
     var acc1 = [4]F32x8{ @splat(0), @splat(0), @splat(0), @splat(0) };
     var off0: F32x8 = @splat(0);
     var off1: F32x8 = @splat(0);
+    const halves = comptime split_halves and (w_type == .q4_0 or w_type == .q4_1);
+    var wide0 = WideAcc{};
+    var wide1 = WideAcc{};
     var wp0 = row0;
     var wp1 = row1;
     var b: usize = 0;
@@ -540,6 +575,15 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
             .linear => inline for (0..(2 * 8 * bb + 63) / 64) |line| @prefetch(wp0 + row_pairs_ahead + line * 64, .{}),
         }
         const xd: F32x8 = x.dx[b..][0..8].*;
+        if (comptime halves) {
+            const h0 = HalvesBatch(w_type).load(wp0);
+            const h1 = HalvesBatch(w_type).load(wp1);
+            off0 = @mulAdd(F32x8, h0.offsetScales(), x.sums[b..][0..8].*, off0);
+            off1 = @mulAdd(F32x8, h1.offsetScales(), x.sums[b..][0..8].*, off1);
+            h0.dots(x.split + b * qk, h0.scales * xd, &wide0);
+            h1.dots(x.split + b * qk, h1.scales * xd, &wide1);
+            continue;
+        }
         const dw0 = scales8(wp0, bb);
         const dw1 = scales8(wp1, bb);
         if (offset_scale != 0) {
@@ -556,6 +600,10 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
             const p1: F32x8 = @floatFromInt(blockDotAt(w_type, wp1, j * bb, &x.qs[b + j]));
             acc1[j & 3] = @mulAdd(F32x8, @splat(dd1[j]), p1, acc1[j & 3]);
         }
+    }
+    if (comptime halves) {
+        acc0 = wide0.narrow();
+        acc1 = wide1.narrow();
     }
     // The blocks after the last whole batch, as dot32 takes them (four at a time into the four
     // accumulators, then one at a time into the first), each row in its own order. Compiled only
@@ -577,6 +625,107 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
     return .{
         @reduce(.Add, (acc0[0] + acc0[1]) + (acc0[2] + acc0[3])) + offset_scale * @reduce(.Add, off0) + tail0,
         @reduce(.Add, (acc1[0] + acc1[1]) + (acc1[2] + acc1[3])) + offset_scale * @reduce(.Add, off1) + tail1,
+    };
+}
+
+/// dot32's four accumulators as two 512-bit registers (see `batchGroupDots`): lanes 4k..4k+3 of `lo`
+/// are acc[k]'s lanes 0..3, those of `hi` its lanes 4..7.
+const WideAcc = struct {
+    lo: F32x16 = @splat(0),
+    hi: F32x16 = @splat(0),
+
+    fn narrow(w: WideAcc) [4]F32x8 {
+        var acc: [4]F32x8 = undefined;
+        inline for (0..4) |k| {
+            const i: i32 = 4 * k;
+            acc[k] = @shuffle(f32, w.lo, w.hi, [8]i32{ i, i + 1, i + 2, i + 3, ~i, ~(i + 1), ~(i + 2), ~(i + 3) });
+        }
+        return acc;
+    }
+};
+
+/// One row's 8-block batch of a 4-bit type (Q4_0, Q4_1), for the AVX-512 path of
+/// dot32PairStrided: read as two 64-byte registers and the rest, then sorted with byte permutes
+/// (`vpermt2b`) into its blocks' nibble bytes, four blocks per register, and (Q4_0) its 8 scales.
+fn HalvesBatch(comptime w_type: DType) type {
+    const bb = w_type.blockBytes().?;
+    const has_min = hasMin(w_type);
+    const nibbles_at: usize = if (has_min) 4 else 2;
+    const x86 = simd.x86;
+    const U8x16 = @Vector(16, u8);
+    const rest = 8 * bb - 128;
+    comptime std.debug.assert(rest > 0 and rest <= 64);
+    // Shuffle masks over (a, b) or (b, c): byte i of the 8 * bb, as @shuffle indexes it.
+    const at = struct {
+        fn index(byte: usize, first: usize) i32 {
+            const i: i32 = @intCast(byte - first);
+            return if (i < 64) i else ~(i - 64);
+        }
+        fn scales(comptime offset: usize) [16]i32 {
+            var m: [16]i32 = undefined;
+            for (0..8) |j| for (0..2) |h| {
+                m[2 * j + h] = index(j * bb + offset + h, 0);
+            };
+            return m;
+        }
+        fn group(comptime g: usize) [64]i32 {
+            var m: [64]i32 = undefined;
+            for (0..4) |k| for (0..16) |i| {
+                m[16 * k + i] = index((4 * g + k) * bb + nibbles_at + i, 64 * g);
+            };
+            return m;
+        }
+    };
+    return struct {
+        const Self = @This();
+        /// Blocks 0..3 and 4..7: 16 nibble bytes each, side by side.
+        groups: [2]x86.U8x64,
+        scales: F32x8,
+        mins: if (has_min) F32x8 else void,
+
+        inline fn load(p: [*]const u8) Self {
+            const a: x86.U8x64 = p[0..64].*;
+            const b: x86.U8x64 = p[64..128].*;
+            // The batch's last bytes, read without running past it (it may end the matrix).
+            const c_part: @Vector(rest, u8) = p[128..][0..rest].*;
+            const c = std.simd.join(c_part, @as(@Vector(64 - rest, u8), @splat(0)));
+            return .{
+                .groups = .{ @shuffle(u8, a, b, at.group(0)), @shuffle(u8, b, c, at.group(1)) },
+                // Q4_1's last scale and min lie past the first 128 bytes: read as dot32 does.
+                .scales = if (has_min) scales8(p, bb) else halfs(@shuffle(u8, a, b, at.scales(0))),
+                .mins = if (has_min) scales8(p + 2, bb) else {},
+            };
+        }
+
+        inline fn halfs(bytes: U8x16) F32x8 {
+            return @floatCast(@as(@Vector(8, f16), @bitCast(bytes)));
+        }
+
+        /// What multiplies the activation sums in the offset term (see dot32).
+        inline fn offsetScales(h: Self) F32x8 {
+            return if (has_min) h.mins else h.scales;
+        }
+
+        /// The batch's scaled block sums (`dd`: weight times activation scales) into `acc`: the
+        /// low nibbles (each block's first 16 weights) against the split input's first halves
+        /// (`Q8Act.split`, at `halves`) and the high nibbles against the second halves, one
+        /// `vpdpbusd` each. Lane for lane these are the integer sums blockDotAt gives (exact either
+        /// way), and block j's scaled sum goes into the same lanes of acc[j & 3] in the same order,
+        /// so rows get the same bits as from dot32.
+        inline fn dots(h: Self, halves: [*]const u8, dd: F32x8, acc: *WideAcc) void {
+            const mask: x86.U8x64 = @splat(0x0f);
+            inline for (0..2) |g| {
+                const q = h.groups[g];
+                const low = q & mask;
+                const high = @as(x86.U8x64, @bitCast(@as(@Vector(16, u32), @bitCast(q)) >> @splat(4))) & mask;
+                const j: i32 = 4 * g;
+                const scale = @shuffle(f32, dd, undefined, [16]i32{ j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 2, j + 2, j + 2, j + 2, j + 3, j + 3, j + 3, j + 3 });
+                const p_low: F32x16 = @floatFromInt(x86.dotU8I8x64(low, halves, g * 128));
+                const p_high: F32x16 = @floatFromInt(x86.dotU8I8x64(high, halves, g * 128 + 64));
+                acc.lo = @mulAdd(F32x16, scale, p_low, acc.lo);
+                acc.hi = @mulAdd(F32x16, scale, p_high, acc.hi);
+            }
+        }
     };
 }
 
@@ -969,6 +1118,7 @@ test "row pairs: repacked matrices give bitwise the rows' own dot products" {
     }
     // What does not fit: odd rows, rows with blocks past the last whole batch, other types.
     try std.testing.expect(!rowPairsFit(.q4_0, 21, 4096));
+    try std.testing.expect(!rowPairsFit(.q4_0, 22, 8192));
     try std.testing.expect(!rowPairsFit(.q4_0, 22, 2080));
     try std.testing.expect(!rowPairsFit(.q4_k, 22, 4096));
     try std.testing.expect(!rowPairsFit(.f16, 22, 4096));

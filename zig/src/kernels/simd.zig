@@ -3,7 +3,7 @@
 //! portable `@Vector` path, which is what aarch64 (NEON) and other targets compile.
 const std = @import("std");
 const quant = @import("quant.zig");
-const x86 = @import("simd_x86.zig");
+pub const x86 = @import("simd_x86.zig");
 
 pub const U8x32 = @Vector(32, u8);
 pub const I8x32 = @Vector(32, i8);
