@@ -216,10 +216,17 @@ pub fn matvecRows(w: DType, data: [*]const u8, row_bytes: usize, n: usize, act: 
     }
 }
 
-/// How far ahead of the batch being read a row-pair matrix-vector product prefetches. A standalone
-/// test (2 GB of Q4_0 row pairs, 2 threads, Xeon KVM guest) read at 27.0 GB/s with 1 KiB, 28.4
-/// with 1.5 KiB and 28.0 with 2 KiB, against 26.3-27.3 for rows one after another.
+/// How far ahead of the batch being read a row-pair matrix-vector product prefetches: into L1 at
+/// `row_pairs_ahead` (a standalone test, 2 GB of Q4_0 row pairs, 2 threads, Xeon KVM guest, read at
+/// 27.0 GB/s with 1 KiB, 28.4 with 1.5 KiB and 28.0 with 2 KiB), and into L2 at
+/// `row_pairs_ahead_l2` as well. The second matters most where each thread starts new streams
+/// often, as a decode step does (a job per matrix, guided chunks in each): a standalone test of a
+/// 7B decode's q/k/v and output matrices (32 layers, a job per layer's q/k/v and one per output
+/// projection, 755 MB, 2 threads) read at 26.9-27.9 GB/s with the L1 prefetch alone, 29.0-29.4
+/// with L2 at 3 KiB, 30.2-30.3 at 3.5 KiB, 29.5-29.8 at 4 KiB, 28.0-28.4 at 6 and 8 KiB; one job
+/// over all of it 28.3-29.3 against 31.2-31.5. L2 alone at 4 KiB: 24.1-24.2.
 const row_pairs_ahead = 1536;
+const row_pairs_ahead_l2 = 3584;
 
 /// Whether a matrix of `n_rows` x `n_cols` of type `w` can be stored as row pairs: a 32-element
 /// block type, rows of whole 8-block batches and at most `row_pairs_max_cols`, an even row count.
@@ -572,7 +579,10 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
                 @prefetch(next0 + b * bb + line * 64, .{});
                 @prefetch(next1 + b * bb + line * 64, .{});
             },
-            .linear => inline for (0..(2 * 8 * bb + 63) / 64) |line| @prefetch(wp0 + row_pairs_ahead + line * 64, .{}),
+            .linear => inline for (0..(2 * 8 * bb + 63) / 64) |line| {
+                @prefetch(wp0 + row_pairs_ahead + line * 64, .{});
+                @prefetch(wp0 + row_pairs_ahead_l2 + line * 64, .{ .locality = 2 });
+            },
         }
         const xd: F32x8 = x.dx[b..][0..8].*;
         if (comptime halves) {
