@@ -88,28 +88,12 @@ pub inline fn nibblesAt(base: [*]const u8, comptime offset: usize) U8x32 {
 }
 
 /// AVX-512 with VNNI (and BW for byte masks): four 32-element blocks per 512-bit register, one
-/// `vpdpbusd` per 64 byte products (see dot.zig's `batchGroupDots`).
+/// `vpdpbusd` per 64 byte products (see dot.zig's `Q4_0Batch`).
 pub const avx512_vnni = available and std.Target.x86.featureSetHas(builtin.cpu.features, .avx512f) and
     std.Target.x86.featureSetHas(builtin.cpu.features, .avx512bw) and std.Target.x86.featureSetHas(builtin.cpu.features, .avx512vnni);
 
 pub const U8x64 = @Vector(64, u8);
 pub const I32x16 = @Vector(16, i32);
-
-/// The 16 bytes at base + offset0 .. offset3 (compile-time displacements) as one 512-bit register,
-/// in that order: the packed nibbles of four blocks of a 4-bit type, whose 16 bytes lie a block's
-/// size apart behind each block's scale. (The first load is a broadcast so that it reads 16 bytes,
-/// not 64 that may run past the matrix.)
-pub inline fn load4x16(base: [*]const u8, comptime offsets: [4]usize) U8x64 {
-    return asm (std.fmt.comptimePrint(
-            \\vbroadcasti32x4 {d}(%[p]), %[r]
-            \\vinserti32x4 $1, {d}(%[p]), %[r], %[r]
-            \\vinserti32x4 $2, {d}(%[p]), %[r], %[r]
-            \\vinserti32x4 $3, {d}(%[p]), %[r], %[r]
-        , .{ offsets[0], offsets[1], offsets[2], offsets[3] })
-        : [r] "=&v" (-> U8x64),
-        : [p] "r" (base),
-    );
-}
 
 /// Sums of u8 x i8 products in 16 groups of 4 adjacent bytes, as i32 (`vpdpbusd` from zero; exact:
 /// no intermediate saturation), with the i8 operand read from `s` + `offset` (64 bytes).
