@@ -65,7 +65,7 @@ pub fn activationBytes(w: DType, n: usize) usize {
 }
 
 /// Whether q8 inputs also carry their values split into block halves (`Q8Act.split`), for the
-/// AVX-512 Q4_0 kernel (`Q4_0Batch`).
+/// AVX-512 Q4_0 and Q4_1 kernels (`HalvesBatch`).
 const split_halves = simd.x86.avx512_vnni;
 
 /// A `q8` input (see quant.quantizeRowQ8Split): per-block scales d and sums d*sum(q) as f32, contiguous
@@ -571,7 +571,7 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
     var acc1 = [4]F32x8{ @splat(0), @splat(0), @splat(0), @splat(0) };
     var off0: F32x8 = @splat(0);
     var off1: F32x8 = @splat(0);
-    const halves = comptime split_halves and w_type == .q4_0;
+    const halves = comptime split_halves and (w_type == .q4_0 or w_type == .q4_1);
     var wide0 = WideAcc{};
     var wide1 = WideAcc{};
     var wp0 = row0;
@@ -601,10 +601,10 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
         }
         const xd: F32x8 = x.dx[b..][0..8].*;
         if (comptime halves) {
-            const h0 = Q4_0Batch.load(wp0);
-            const h1 = Q4_0Batch.load(wp1);
-            off0 = @mulAdd(F32x8, h0.scales, x.sums[b..][0..8].*, off0);
-            off1 = @mulAdd(F32x8, h1.scales, x.sums[b..][0..8].*, off1);
+            const h0 = HalvesBatch(w_type).load(wp0);
+            const h1 = HalvesBatch(w_type).load(wp1);
+            off0 = @mulAdd(F32x8, h0.offsetScales(), x.sums[b..][0..8].*, off0);
+            off1 = @mulAdd(F32x8, h1.offsetScales(), x.sums[b..][0..8].*, off1);
             h0.dots(x.split + b * qk, h0.scales * xd, &wide0);
             h1.dots(x.split + b * qk, h1.scales * xd, &wide1);
             continue;
@@ -653,7 +653,7 @@ inline fn dot32PairStrided(comptime w_type: DType, comptime ahead: PairAhead, co
     };
 }
 
-/// dot32's four accumulators as two 512-bit registers (see `Q4_0Batch.dots`): lanes 4k..4k+3 of `lo`
+/// dot32's four accumulators as two 512-bit registers (see `HalvesBatch`): lanes 4k..4k+3 of `lo`
 /// are acc[k]'s lanes 0..3, those of `hi` its lanes 4..7.
 const WideAcc = struct {
     lo: F32x16 = @splat(0),
@@ -669,76 +669,102 @@ const WideAcc = struct {
     }
 };
 
-/// One row's 8-block Q4_0 batch (144 bytes), for the AVX-512 path of dot32PairStrided: read as two
-/// 64-byte registers and the rest, then sorted with byte permutes (`vpermt2w`) into its 8 scales and
-/// its blocks' nibble bytes, four blocks per register.
-///
-/// Q4_0 only: the same path for Q4_1 (20-byte blocks, whose last scale and min lie past the first
-/// 128 bytes and were gathered one by one) computed slower than the AVX2 one, 24.4 -> 13.6 GB/s
-/// from cache (kernel bench, 4096 columns, 1 thread), 21.4 -> 18.3 from memory for SmolLM2's 576.
-const Q4_0Batch = struct {
-    /// Blocks 0..3 and 4..7: 16 nibble bytes each, side by side.
-    groups: [2]x86.U8x64,
-    scales: F32x8,
+/// One row's 8-block batch of Q4_0 (144 bytes) or Q4_1 (160), for the AVX-512 path of
+/// dot32PairStrided: read as two 64-byte registers and the rest, then sorted with word permutes
+/// (`vpermt2w`) into its 8 scales (and Q4_1's 8 mins) and its blocks' nibble bytes, four blocks per
+/// register. (Q4_1's last scale and min lie past the first 128 bytes: one more permute of the
+/// last two registers and a blend. Gathered one by one instead, they made this path slower than the
+/// AVX2 one: 24.4 -> 13.6 GB/s from cache.)
+fn HalvesBatch(comptime w_type: DType) type {
+    return struct {
+        const Self = @This();
+        /// Blocks 0..3 and 4..7: 16 nibble bytes each, side by side.
+        groups: [2]x86.U8x64,
+        scales: F32x8,
+        mins: if (has_min) F32x8 else void,
 
-    const x86 = simd.x86;
-    const bb = DType.q4_0.blockBytes().?;
-    const rest = 8 * bb - 128;
-
-    // Shuffle masks over (a, b) or (b, c): byte i of the batch, as @shuffle indexes it.
-    fn index(byte: usize, first: usize) i32 {
-        const i: i32 = @intCast(byte - first);
-        return if (i < 64) i else ~(i - 64);
-    }
-    fn scaleBytes() [16]i32 {
-        var m: [16]i32 = undefined;
-        for (0..8) |j| for (0..2) |h| {
-            m[2 * j + h] = index(j * bb + h, 0);
-        };
-        return m;
-    }
-    fn groupBytes(comptime g: usize) [64]i32 {
-        var m: [64]i32 = undefined;
-        for (0..4) |k| for (0..16) |i| {
-            m[16 * k + i] = index((4 * g + k) * bb + 2 + i, 64 * g);
-        };
-        return m;
-    }
-
-    inline fn load(p: [*]const u8) Q4_0Batch {
-        const a: x86.U8x64 = p[0..64].*;
-        const b: x86.U8x64 = p[64..128].*;
-        // The batch's last bytes, read without running past it (it may end the matrix).
-        const c_part: @Vector(rest, u8) = p[128..][0..rest].*;
-        const c = std.simd.join(c_part, @as(@Vector(64 - rest, u8), @splat(0)));
-        const halfs: @Vector(8, f16) = @bitCast(@shuffle(u8, a, b, scaleBytes()));
-        return .{
-            .groups = .{ @shuffle(u8, a, b, groupBytes(0)), @shuffle(u8, b, c, groupBytes(1)) },
-            .scales = @floatCast(halfs),
-        };
-    }
-
-    /// The batch's scaled block sums (`dd`: weight times activation scales) into `acc`: the low
-    /// nibbles (each block's first 16 weights) against the split input's first halves
-    /// (`Q8Act.split`, at `halves`) and the high nibbles against the second halves, one `vpdpbusd`
-    /// each. Lane for lane these are the integer sums blockDotAt gives (exact either way), and block
-    /// j's scaled sum goes into the same lanes of acc[j & 3] in the same order, so rows get the same
-    /// bits as from dot32.
-    inline fn dots(h: Q4_0Batch, halves: [*]const u8, dd: F32x8, acc: *WideAcc) void {
-        const mask: x86.U8x64 = @splat(0x0f);
-        inline for (0..2) |g| {
-            const q = h.groups[g];
-            const low = q & mask;
-            const high = @as(x86.U8x64, @bitCast(@as(@Vector(16, u32), @bitCast(q)) >> @splat(4))) & mask;
-            const j: i32 = 4 * g;
-            const scale = @shuffle(f32, dd, undefined, [16]i32{ j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 2, j + 2, j + 2, j + 2, j + 3, j + 3, j + 3, j + 3 });
-            const p_low: F32x16 = @floatFromInt(x86.dotU8I8x64(low, halves, g * 128));
-            const p_high: F32x16 = @floatFromInt(x86.dotU8I8x64(high, halves, g * 128 + 64));
-            acc.lo = @mulAdd(F32x16, scale, p_low, acc.lo);
-            acc.hi = @mulAdd(F32x16, scale, p_high, acc.hi);
+        const x86 = simd.x86;
+        const bb = w_type.blockBytes().?;
+        const has_min = hasMin(w_type);
+        const nibbles_at: usize = if (has_min) 4 else 2;
+        const rest = 8 * bb - 128;
+        comptime {
+            std.debug.assert(rest > 0 and rest <= 64);
         }
-    }
-};
+
+        // Shuffle masks over (a, b) or (b, c): byte i of the batch, as @shuffle indexes it; -1
+        // (undefined) where the byte lies in neither.
+        fn index(byte: usize, first: usize) i32 {
+            if (byte < first or byte >= first + 128) return -1;
+            const i: i32 = @intCast(byte - first);
+            return if (i < 64) i else ~(i - 64);
+        }
+        /// The f16 at each block's `offset` (0: the scale, 2: Q4_1's min): bytes 16 * half ..
+        /// of the result, from the registers starting at byte `first`.
+        fn halfBytes(comptime first: usize) [32]i32 {
+            var m: [32]i32 = undefined;
+            for (0..2) |half| for (0..8) |j| for (0..2) |h| {
+                m[16 * half + 2 * j + h] = if (half == 1 and !has_min) -1 else index(j * bb + 2 * half + h, first);
+            };
+            return m;
+        }
+        fn groupBytes(comptime g: usize) [64]i32 {
+            var m: [64]i32 = undefined;
+            for (0..4) |k| for (0..16) |i| {
+                m[16 * k + i] = index((4 * g + k) * bb + nibbles_at + i, 64 * g);
+            };
+            return m;
+        }
+        /// Which of halfBytes' bytes come from (b, c) rather than (a, b).
+        fn fromLast() @Vector(32, bool) {
+            var m: [32]bool = undefined;
+            for (&m, halfBytes(0)) |*v, i| v.* = i == -1;
+            return m;
+        }
+
+        inline fn load(p: [*]const u8) Self {
+            const a: x86.U8x64 = p[0..64].*;
+            const b: x86.U8x64 = p[64..128].*;
+            // The batch's last bytes, read without running past it (it may end the matrix).
+            const c_part: @Vector(rest, u8) = p[128..][0..rest].*;
+            const c = std.simd.join(c_part, @as(@Vector(64 - rest, u8), @splat(0)));
+            var halfs: @Vector(32, u8) = @shuffle(u8, a, b, halfBytes(0));
+            if (has_min) halfs = @select(u8, comptime fromLast(), @shuffle(u8, b, c, halfBytes(64)), halfs);
+            const both: [2]@Vector(8, f16) = @bitCast(halfs);
+            return .{
+                .groups = .{ @shuffle(u8, a, b, groupBytes(0)), @shuffle(u8, b, c, groupBytes(1)) },
+                .scales = @floatCast(both[0]),
+                .mins = if (has_min) @floatCast(both[1]) else {},
+            };
+        }
+
+        /// What multiplies the activation sums in the offset term (see dot32).
+        inline fn offsetScales(h: Self) F32x8 {
+            return if (has_min) h.mins else h.scales;
+        }
+
+        /// The batch's scaled block sums (`dd`: weight times activation scales) into `acc`: the low
+        /// nibbles (each block's first 16 weights) against the split input's first halves
+        /// (`Q8Act.split`, at `halves`) and the high nibbles against the second halves, one `vpdpbusd`
+        /// each. Lane for lane these are the integer sums blockDotAt gives (exact either way), and block
+        /// j's scaled sum goes into the same lanes of acc[j & 3] in the same order, so rows get the same
+        /// bits as from dot32.
+        inline fn dots(h: Self, halves: [*]const u8, dd: F32x8, acc: *WideAcc) void {
+            const mask: x86.U8x64 = @splat(0x0f);
+            inline for (0..2) |g| {
+                const q = h.groups[g];
+                const low = q & mask;
+                const high = @as(x86.U8x64, @bitCast(@as(@Vector(16, u32), @bitCast(q)) >> @splat(4))) & mask;
+                const j: i32 = 4 * g;
+                const scale = @shuffle(f32, dd, undefined, [16]i32{ j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 2, j + 2, j + 2, j + 2, j + 3, j + 3, j + 3, j + 3 });
+                const p_low: F32x16 = @floatFromInt(x86.dotU8I8x64(low, halves, g * 128));
+                const p_high: F32x16 = @floatFromInt(x86.dotU8I8x64(high, halves, g * 128 + 64));
+                acc.lo = @mulAdd(F32x16, scale, p_low, acc.lo);
+                acc.hi = @mulAdd(F32x16, scale, p_high, acc.hi);
+            }
+        }
+    };
+}
 
 /// Block `b` of `row` past the whole batches: its scaled dot product into `acc`, its offset term into
 /// `tail` (dot32 and dot32Pair share it, so the two give the same bits).

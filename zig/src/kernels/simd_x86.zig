@@ -88,7 +88,7 @@ pub inline fn nibblesAt(base: [*]const u8, comptime offset: usize) U8x32 {
 }
 
 /// AVX-512 with VNNI (and BW for byte masks): four 32-element blocks per 512-bit register, one
-/// `vpdpbusd` per 64 byte products (see dot.zig's `Q4_0Batch`).
+/// `vpdpbusd` per 64 byte products (see dot.zig's `HalvesBatch`).
 pub const avx512_vnni = available and std.Target.x86.featureSetHas(builtin.cpu.features, .avx512f) and
     std.Target.x86.featureSetHas(builtin.cpu.features, .avx512bw) and std.Target.x86.featureSetHas(builtin.cpu.features, .avx512vnni);
 
