@@ -108,6 +108,8 @@ pub fn prepareActivation(w: DType, x: []const f32, out: []u8) void {
             const f: [*]f32 = @ptrCast(@alignCast(out.ptr));
             const qs: [*][qk]i8 = @ptrCast(@alignCast(out.ptr + Q8Act.valuesOffset(nb)));
             quant.quantizeRowQ8Split(x, qs[0..nb], f[0..nb], f[nb .. 2 * nb]);
+            // Built for every q8 input, whatever `w`: one prepared input serves every weight
+            // type of its format (the engine fuses q/k/v), and 4-bit ones may be among them.
             if (split_halves) {
                 const split = out[Q8Act.splitOffset(nb)..];
                 for (0..nb / 4) |g| {
